@@ -162,7 +162,9 @@ func TestLoadELFRejectsBadFiles(t *testing.T) {
 		file   func() []byte
 		substr string
 	}{
-		{"not ELF", func() []byte { return []byte("MZ this is not an ELF file, it is something else entirely, padded out to 64 bytes") }, "not an ELF"},
+		{"not ELF", func() []byte {
+			return []byte("MZ this is not an ELF file, it is something else entirely, padded out to 64 bytes")
+		}, "not an ELF"},
 		{"truncated header", func() []byte { return defaultELF().bytes()[:40] }, "too short"},
 		{"truncated program headers", func() []byte { return defaultELF().bytes()[:elfHeaderSize+20] }, "program headers"},
 		{"truncated segment data", func() []byte { b := defaultELF().bytes(); return b[:len(b)-200] }, "outside the file"},
@@ -179,7 +181,12 @@ func TestLoadELFRejectsBadFiles(t *testing.T) {
 		{"offset overflow", func() []byte { e := defaultELF(); e.segs[0].offset = ^uint64(0) - 5; return e.bytes() }, "overflows"},
 		{"entry outside segments", func() []byte { e := defaultELF(); e.entry = 0x500000; return e.bytes() }, "entry point"},
 		{"no load segments", func() []byte { e := defaultELF(); e.segs = e.segs[2:]; return e.bytes() }, "no loadable"},
-		{"huge filesz", func() []byte { e := defaultELF(); e.segs[0].filesz = 1 << 62; e.segs[0].memsz = 1 << 62; return e.bytes() }, "outside guest RAM"},
+		{"huge filesz", func() []byte {
+			e := defaultELF()
+			e.segs[0].filesz = 1 << 62
+			e.segs[0].memsz = 1 << 62
+			return e.bytes()
+		}, "outside guest RAM"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
