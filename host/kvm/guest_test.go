@@ -180,10 +180,10 @@ func (g *testGuest) enterLongMode(tb testing.TB, ring0 bool) {
 	s.TR = Segment{Base: guestTSS, Limit: 0x67, Selector: selTSS, Type: 0xb, Present: 1}
 	s.LDT = Segment{Limit: 0xffff, Type: 0x2, Present: 1}
 	s.GDT = DTable{Base: guestGDT, Limit: 0x37}
-	s.IDT = DTable{} // no IDT: any exception ends in a triple fault
+	s.IDT = DTable{}   // no IDT: any exception ends in a triple fault
 	s.CR0 = 0x80050033 // PG | AM | WP | NE | ET | MP | PE
 	s.CR3 = guestPML4
-	s.CR4 = 0x20 // PAE
+	s.CR4 = 0x20   // PAE
 	s.EFER = 0x500 // LMA | LME
 	if err := g.vcpu.SetSregs(s); err != nil {
 		tb.Fatal(err)
