@@ -10,17 +10,19 @@ import (
 
 // Test guest memory layout (guest-physical addresses).
 const (
-	guestPML4   = 0x1000
-	guestPDPT   = 0x2000
-	guestPD     = 0x3000
-	guestGDT    = 0x4000
-	guestTSS    = 0x5000
-	guestCode   = 0x8000
-	guestData   = 0x100000 // start of slot 1
-	guestStack  = 0x1ff000
-	guestMem    = 2 << 20
-	lowSlotSize = 1 << 20
-	mmioBase    = 0x10000000 // mapped by the page tables, backed by no slot
+	guestPML4 = 0x1000
+	guestPDPT = 0x2000
+	guestPD   = 0x3000
+	guestGDT  = 0x4000
+	guestTSS  = 0x5000
+	// guestTSSLimit covers the TSS, an 8 KiB I/O bitmap and its 0xff end byte.
+	guestTSSLimit = 0x68 + 0x2000
+	guestCode     = 0x8000
+	guestData     = 0x100000 // start of slot 1
+	guestStack    = 0x1ff000
+	guestMem      = 2 << 20
+	lowSlotSize   = 1 << 20
+	mmioBase      = 0x10000000 // mapped by the page tables, backed by no slot
 )
 
 // GDT selectors of the test guest.
@@ -151,11 +153,18 @@ func writeLongModeTables(mem []byte) {
 	for i, d := range gdt {
 		le.PutUint64(mem[guestGDT+8*i:], d)
 	}
-	// 0x28: 64-bit available TSS, base guestTSS, limit 0x67.
-	tss := uint64(0x67) | uint64(guestTSS&0xffffff)<<16 | uint64(0x89)<<40 | uint64(guestTSS>>24&0xff)<<56
+	// 0x28: 64-bit available TSS, base guestTSS, limit guestTSSLimit.
+	tss := uint64(guestTSSLimit) | uint64(guestTSS&0xffffff)<<16 | uint64(0x89)<<40 | uint64(guestTSS>>24&0xff)<<56
 	le.PutUint64(mem[guestGDT+0x28:], tss)
 	le.PutUint64(mem[guestGDT+0x30:], 0)
 	le.PutUint64(mem[guestTSS+4:], guestStack) // RSP0
+	// An all-zero I/O permission bitmap (every port allowed) right after the
+	// 104-byte TSS, closed by the required 0xff byte. With IOPL 3 hardware
+	// never looks at it, but PVM's emulator checks it for ring-3 port I/O
+	// even then (observed: ports whose bit falls on nonzero TSS bytes #GP).
+	le.PutUint16(mem[guestTSS+0x66:], 0x68)
+	clear(mem[guestTSS+0x68 : guestTSS+0x68+0x2000])
+	mem[guestTSS+0x68+0x2000] = 0xff
 }
 
 // enterLongMode loads 64-bit paging state and starts the code at CPL 3 with
@@ -177,7 +186,7 @@ func (g *testGuest) enterLongMode(tb testing.TB, ring0 bool) {
 	}
 	s.CS = code
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.TR = Segment{Base: guestTSS, Limit: 0x67, Selector: selTSS, Type: 0xb, Present: 1}
+	s.TR = Segment{Base: guestTSS, Limit: guestTSSLimit, Selector: selTSS, Type: 0xb, Present: 1}
 	s.LDT = Segment{Limit: 0xffff, Type: 0x2, Present: 1}
 	s.GDT = DTable{Base: guestGDT, Limit: 0x37}
 	s.IDT = DTable{}   // no IDT: any exception ends in a triple fault
