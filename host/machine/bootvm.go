@@ -239,7 +239,8 @@ func (m *Machine) restoreInitialState() error {
 		return err
 	}
 	for i, v := range m.vcpus {
-		if err := v.cpu.RestoreState(m.initial[i]); err != nil {
+		v, st := v, m.initial[i]
+		if err := m.onVCPU(v, func() error { return v.cpu.RestoreState(st) }); err != nil {
 			return err
 		}
 	}

@@ -75,6 +75,7 @@ type Machine struct {
 	initialVM *kvm.VMState
 
 	pause    pauseControl
+	started  bool // vCPU threads exist
 	wg       sync.WaitGroup
 	done     chan struct{} // closed when the machine stops for good
 	doneOnce sync.Once
@@ -83,8 +84,9 @@ type Machine struct {
 
 // vcpu is one vCPU and its goroutine's control.
 type vcpu struct {
-	id  int
-	cpu *kvm.VCPU
+	id   int
+	cpu  *kvm.VCPU
+	work []func() // run on the vCPU's thread while parked; guarded by pause.mu
 }
 
 // New builds a machine: checks the host can give what the config asks,
@@ -316,6 +318,7 @@ func (m *Machine) Start(startPaused bool) error {
 		return fmt.Errorf("start: machine is %s", st)
 	}
 	m.pause.set(true)
+	m.started = true
 	for _, v := range m.vcpus {
 		m.wg.Add(1)
 		go m.runVCPU(v)
@@ -506,20 +509,46 @@ func (p *pauseControl) terminate() {
 	p.mu.Unlock()
 }
 
-// park blocks a vCPU goroutine while paused; it returns false when the
-// machine is closing.
-func (p *pauseControl) park() bool {
+// park blocks a vCPU goroutine while paused, running work queued for it by
+// onVCPU; it returns false when the machine is closing.
+func (p *pauseControl) park(v *vcpu) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.paused && !p.terminated {
 		p.parked++
 		p.cond.Broadcast()
 		for p.paused && !p.terminated {
+			if len(v.work) > 0 {
+				w := v.work[0]
+				v.work = v.work[1:]
+				p.mu.Unlock()
+				w()
+				p.mu.Lock()
+				continue
+			}
 			p.cond.Wait()
 		}
 		p.parked--
 	}
 	return !p.terminated
+}
+
+// onVCPU runs f on v's own thread while the vCPUs are parked (KVM wants a
+// vCPU's state read where it runs) and returns f's error.
+func (m *Machine) onVCPU(v *vcpu, f func() error) error {
+	if !m.started {
+		return f() // no vCPU thread exists yet: nothing has run KVM_RUN
+	}
+	done := make(chan error, 1)
+	m.pause.mu.Lock()
+	if m.pause.terminated || !m.pause.paused {
+		m.pause.mu.Unlock()
+		return errors.New("vcpus are not parked")
+	}
+	v.work = append(v.work, func() { done <- f() })
+	m.pause.cond.Broadcast()
+	m.pause.mu.Unlock()
+	return <-done
 }
 
 func (p *pauseControl) isPaused() bool {
@@ -544,7 +573,7 @@ func (m *Machine) runVCPU(v *vcpu) {
 	defer runtime.UnlockOSThread()
 	for {
 		if m.pause.isPaused() {
-			if !m.pause.park() {
+			if !m.pause.park(v) {
 				return
 			}
 			continue

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"wasmvmm/testsuite/dirtycheck"
 
 	"wasmvmm/host/machine/config"
 )
@@ -113,5 +116,180 @@ func TestBootTestGuest(t *testing.T) {
 	sink.waitFor(t, "WASMVMM-GUEST READY", 10*time.Second)
 	if st, _ := m.State(); st != StateRunning {
 		t.Fatalf("state %s", st)
+	}
+}
+
+const (
+	dirtyStart = 16 << 20
+	dirtyEnd   = 24 << 20
+)
+
+var dirtierCmdline = fmt.Sprintf("workload=dirtier dirty_start=%#x dirty_end=%#x", dirtyStart, dirtyEnd)
+
+// passCount returns how many "DIRTY pass=" markers the guest printed.
+func passCount(s string) int { return strings.Count(s, "DIRTY pass=") }
+
+func waitPasses(t *testing.T, sink *thrSink, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for passCount(sink.String()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d dirtier passes in 20s; serial:\n%s", n, sink.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestDirtierPauseResume(t *testing.T) {
+	m, sink := newTestMachine(t, dirtierCmdline, 64<<20)
+	var events []string
+	var mu sync.Mutex
+	m.OnEvent(func(e Event) { mu.Lock(); events = append(events, e.Name); mu.Unlock() })
+	if err := m.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	waitPasses(t, sink, 3)
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	p1, err := dirtycheck.Check(m.Memory(), dirtyStart, dirtyEnd)
+	if err != nil {
+		t.Fatalf("memory pattern while paused: %v", err)
+	}
+	if p1.Value < 3 {
+		t.Fatalf("dirtier counters %+v after 3 passes", p1)
+	}
+	clock := m.Clock.Now()
+	time.Sleep(50 * time.Millisecond)
+	p2, err := dirtycheck.Check(m.Memory(), dirtyStart, dirtyEnd)
+	if err != nil || p2 != p1 {
+		t.Fatalf("memory changed while paused: %+v -> %+v (%v)", p1, p2, err)
+	}
+	if m.Clock.Now() != clock {
+		t.Fatal("the VM clock ran while paused")
+	}
+	if st, _ := m.State(); st != StatePaused {
+		t.Fatalf("state %s", st)
+	}
+	n := passCount(sink.String())
+	if err := m.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitPasses(t, sink, n+2)
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(events, ",") != "RESUME,STOP,RESUME" {
+		t.Fatalf("events %v", events)
+	}
+}
+
+func TestSystemReset(t *testing.T) {
+	m, sink := newTestMachine(t, "workload=idle", 64<<20)
+	if err := m.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	sink.waitFor(t, "WASMVMM-GUEST READY", 10*time.Second)
+	if err := m.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(sink.String(), "WASMVMM-GUEST READY") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("guest did not boot again after reset:\n%s", sink.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st, _ := m.State(); st != StateRunning {
+		t.Fatalf("state after reset %s", st)
+	}
+}
+
+func TestGuestCrashIsInternalError(t *testing.T) {
+	m, sink := newTestMachine(t, "workload=crash", 64<<20)
+	if err := m.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("crashing guest still running; serial:\n%s", sink.String())
+	}
+	st, reason := m.State()
+	if st != StateInternalError || m.ExitCode() == 0 {
+		t.Fatalf("state %s (%s), exit code %d", st, reason, m.ExitCode())
+	}
+	t.Logf("internal error: %s", reason)
+}
+
+func TestGuestShutdown(t *testing.T) {
+	m, sink := newTestMachine(t, "workload=shutdown", 64<<20)
+	if err := m.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("guest did not power off; serial:\n%s", sink.String())
+	}
+	if st, _ := m.State(); st != StateShutdown || m.ExitCode() != 0 {
+		t.Fatalf("state %s exit %d", st, m.ExitCode())
+	}
+}
+
+// TestStateIntoFreshVM is the core of migration: the vCPU and VM state of a
+// paused dirtier, loaded into a new VM over the same RAM, continues exactly.
+func TestStateIntoFreshVM(t *testing.T) {
+	src, sink := newTestMachine(t, dirtierCmdline, 64<<20)
+	if err := src.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	waitPasses(t, sink, 2)
+	if err := src.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := src.SaveCPUState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := dirtycheck.Check(src.Memory(), dirtyStart, dirtyEnd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink2 := &thrSink{}
+	dst, err := New(Config{
+		VM:          &config.VM{Machine: config.MachineSection{Memory: 64 << 20, CPUs: 1}},
+		MachineType: &config.MachineType{Name: "test"},
+		NoBoot:      true,
+		Memory:      src.Memory(),
+		Devices: func(m *Machine) ([]Device, error) {
+			return nil, m.PIO.Add(0x3f8, 8, "thr-sink", sink2, 0)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := dst.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.RestoreCPUState(st); err != nil {
+		t.Fatal(err)
+	}
+	after, err := dirtycheck.Check(dst.Memory(), dirtyStart, dirtyEnd)
+	if err != nil || after != before {
+		t.Fatalf("pattern changed by restoring: %+v -> %+v (%v)", before, after, err)
+	}
+	if err := dst.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	last := passCount(sink.String())
+	waitPasses(t, sink2, 2)
+	// The destination continues the pass numbering where the source stopped.
+	want := fmt.Sprintf("DIRTY pass=%d\n", last+1)
+	if !strings.Contains(sink2.String(), want) {
+		t.Fatalf("destination serial %q lacks %q (source printed %d passes)", sink2.String(), want, last)
+	}
+	if strings.Contains(sink2.String(), "WASMVMM-GUEST BOOT") {
+		t.Fatal("the destination rebooted the guest instead of continuing")
 	}
 }
