@@ -191,12 +191,11 @@ func TestKickStopsSpinningVCPU(t *testing.T) {
 	const delay = 50 * time.Millisecond
 	for round := 0; round < 3; round++ {
 		kicked := make(chan time.Time, 1)
+		kickErr := make(chan error, 1)
 		go func() {
 			time.Sleep(delay)
 			kicked <- time.Now()
-			if err := g.vcpu.Kick(); err != nil {
-				t.Error(err)
-			}
+			kickErr <- g.vcpu.Kick()
 		}()
 		start := time.Now()
 		e := runExit(t, g.vcpu)
@@ -205,6 +204,9 @@ func TestKickStopsSpinningVCPU(t *testing.T) {
 			t.Fatalf("round %d: exit %+v, want kicked interruption", round, e)
 		}
 		sent := <-kicked
+		if err := <-kickErr; err != nil {
+			t.Fatal(err)
+		}
 		latency := end.Sub(sent)
 		if end.Sub(start) < delay {
 			t.Errorf("round %d: Run returned after %v, before the kick", round, end.Sub(start))
@@ -221,6 +223,15 @@ func TestKickStopsSpinningVCPU(t *testing.T) {
 	}
 	if regs.RIP != guestCode {
 		t.Errorf("RIP = %#x after kicks, want %#x", regs.RIP, guestCode)
+	}
+	if err := g.vcpu.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.vcpu.Kick(); err == nil {
+		t.Error("Kick on a closed vCPU succeeded")
+	}
+	if _, err := g.vcpu.Run(); err == nil {
+		t.Error("Run on a closed vCPU succeeded")
 	}
 }
 

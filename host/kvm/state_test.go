@@ -6,6 +6,8 @@ import (
 	"encoding/gob"
 	"runtime"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // The counter guest, at CPL 3 with RBX = guestData:
@@ -308,4 +310,70 @@ func BenchmarkRestoreState(b *testing.B) {
 	cg.inB(2)
 	cg.outC(2)
 	cg.iteration(3)
+}
+
+// mapMemfd maps size bytes of fd shared.
+func mapMemfd(tb testing.TB, fd, size int) []byte {
+	tb.Helper()
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		tb.Fatalf("mmap memfd: %v", err)
+	}
+	return mem
+}
+
+// TestRestoreOverSharedMemfd hands the guest over the way cpr-transfer does:
+// the destination maps the same memfd (a new mapping, as another process
+// would) instead of receiving a copy, and the source is gone.
+func TestRestoreOverSharedMemfd(t *testing.T) {
+	sys := openKVM(t)
+	fd, err := unix.MemfdCreate("kvm-test-ram", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatalf("memfd_create: %v", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, guestMem); err != nil {
+		t.Fatal(err)
+	}
+	srcMem := mapMemfd(t, fd, guestMem)
+	src := newGuest(t, sys, guestConfig{code: codeCounter, irqchip: true, mem: srcMem})
+	scg := counterGuest{t, src.vcpu}
+	for c := uint64(1); c <= 3; c++ {
+		scg.iteration(c)
+	}
+	scg.outA(4)
+	vst, err := src.vcpu.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmst, err := src.vm.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.vcpu.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.vm.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Munmap(srcMem); err != nil {
+		t.Fatal(err)
+	}
+
+	dstMem := mapMemfd(t, fd, guestMem)
+	defer unix.Munmap(dstMem)
+	dst := newGuest(t, sys, guestConfig{irqchip: true, mem: dstMem, skipLayout: true})
+	if err := dst.vcpu.RestoreState(vst); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.vm.RestoreState(vmst); err != nil {
+		t.Fatal(err)
+	}
+	dcg := counterGuest{t, dst.vcpu}
+	dcg.inB(4)
+	dcg.outC(4)
+	dcg.iteration(5)
+	if got := binary.LittleEndian.Uint64(dstMem[guestData:]); got != 5 {
+		t.Errorf("counter %d in the memfd, want 5", got)
+	}
 }

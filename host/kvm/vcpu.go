@@ -3,6 +3,7 @@ package kvm
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -28,8 +29,13 @@ type VCPU struct {
 	id  int
 	fd  int
 	run []byte
+	// ctl points at the first word of run (see controlWord).
+	ctl *uint32
 	// tid is the OS thread that last entered Run, for Kick.
 	tid atomic.Int32
+	// kickMu keeps Close from unmapping run while Kick writes to it.
+	kickMu sync.RWMutex
+	closed bool
 }
 
 // CreateVCPU creates vCPU id (its initial APIC ID) and maps its kvm_run area.
@@ -48,7 +54,7 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("vcpu %d: mmap kvm_run (%d bytes): %w", id, vm.sys.mmapSize, err)
 	}
-	return &VCPU{vm: vm, id: id, fd: fd, run: run}, nil
+	return &VCPU{vm: vm, id: id, fd: fd, run: run, ctl: (*uint32)(unsafe.Pointer(&run[0]))}, nil
 }
 
 // ID returns the id the vCPU was created with.
@@ -56,6 +62,9 @@ func (v *VCPU) ID() int { return v.id }
 
 // Close unmaps the kvm_run area and closes the vCPU. The vCPU must not be running.
 func (v *VCPU) Close() error {
+	v.kickMu.Lock()
+	defer v.kickMu.Unlock()
+	v.closed = true
 	var errs []error
 	if v.run != nil {
 		if err := unix.Munmap(v.run); err != nil {
@@ -78,7 +87,7 @@ func (v *VCPU) header() *runHeader { return (*runHeader)(unsafe.Pointer(&v.run[0
 // controlWord is the first 32-bit word of kvm_run: byte 0 is
 // request_interrupt_window, byte 1 immediate_exit. It is only changed with
 // atomic operations, because Kick writes it from other goroutines.
-func (v *VCPU) controlWord() *uint32 { return (*uint32)(unsafe.Pointer(&v.run[0])) }
+func (v *VCPU) controlWord() *uint32 { return v.ctl }
 
 const immediateExitBit = 1 << 8 // immediate_exit = 1 in the little-endian control word
 
@@ -92,6 +101,9 @@ const immediateExitBit = 1 << 8 // immediate_exit = 1 in the little-endian contr
 // The calling goroutine should be locked to its OS thread
 // (runtime.LockOSThread) so that Kick can reach it.
 func (v *VCPU) Run() (Exit, error) {
+	if v.run == nil {
+		return Exit{}, fmt.Errorf("vcpu %d: run: vcpu is closed", v.id)
+	}
 	v.tid.Store(int32(unix.Gettid()))
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), ioctlRun, 0)
 	switch errno {
@@ -115,6 +127,11 @@ func (v *VCPU) takeKick() bool {
 // pending until such a Run consumes it, so a kick that arrives while the
 // owner is handling an exit is not lost. Safe to call from any goroutine.
 func (v *VCPU) Kick() error {
+	v.kickMu.RLock()
+	defer v.kickMu.RUnlock()
+	if v.closed {
+		return fmt.Errorf("vcpu %d: kick: vcpu is closed", v.id)
+	}
 	atomic.OrUint32(v.controlWord(), immediateExitBit)
 	tid := v.tid.Load()
 	if tid == 0 {
@@ -129,8 +146,12 @@ func (v *VCPU) Kick() error {
 
 // RequestInterruptWindow sets kvm_run.request_interrupt_window, asking KVM
 // to exit with ExitIRQWindowOpen as soon as the guest can take an interrupt
-// (only meaningful without an in-kernel irqchip).
+// (only meaningful without an in-kernel irqchip). It does nothing on a
+// closed vCPU.
 func (v *VCPU) RequestInterruptWindow(on bool) {
+	if v.run == nil {
+		return
+	}
 	if on {
 		atomic.OrUint32(v.controlWord(), 1)
 	} else {
@@ -140,7 +161,9 @@ func (v *VCPU) RequestInterruptWindow(on bool) {
 
 // ReadyForInterruptInjection reports kvm_run.ready_for_interrupt_injection
 // after the last exit.
-func (v *VCPU) ReadyForInterruptInjection() bool { return v.header().ReadyForInterruptInjection != 0 }
+func (v *VCPU) ReadyForInterruptInjection() bool {
+	return v.run != nil && v.header().ReadyForInterruptInjection != 0
+}
 
 // CompletePendingIO finishes any instruction KVM left half done at the last
 // exit (the IN or MMIO read whose value userspace supplied, a string I/O
@@ -151,6 +174,9 @@ func (v *VCPU) ReadyForInterruptInjection() bool { return v.header().ReadyForInt
 // element of a rep outs), the exit is returned: handle it and call again.
 // A pending Kick survives the call.
 func (v *VCPU) CompletePendingIO() (Exit, error) {
+	if v.run == nil {
+		return Exit{}, fmt.Errorf("vcpu %d: complete pending I/O: vcpu is closed", v.id)
+	}
 	old := atomic.OrUint32(v.controlWord(), immediateExitBit)
 	defer func() {
 		if old&immediateExitBit == 0 {
