@@ -136,6 +136,11 @@ func decodeStrict(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
+	return decodeStrictBytes(path, src, v)
+}
+
+// decodeStrictBytes decodes TOML text; path names it in messages.
+func decodeStrictBytes(path string, src []byte, v any) error {
 	md, err := toml.NewDecoder(bytes.NewReader(src)).Decode(v)
 	if err != nil {
 		var pe toml.ParseError

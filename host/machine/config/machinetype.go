@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -57,7 +58,13 @@ type Catalog struct {
 // LoadCatalog reads every *.toml in dir, checks each file, and resolves the
 // version chains.
 func LoadCatalog(dir string) (*Catalog, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.toml"))
+	return LoadCatalogFS(os.DirFS(dir), dir)
+}
+
+// LoadCatalogFS reads every *.toml at the top of fsys; dir names the
+// location in messages.
+func LoadCatalogFS(fsys fs.FS, dir string) (*Catalog, error) {
+	files, err := fs.Glob(fsys, "*.toml")
 	if err != nil {
 		return nil, fmt.Errorf("machine types in %s: %w", dir, err)
 	}
@@ -66,7 +73,11 @@ func LoadCatalog(dir string) (*Catalog, error) {
 	}
 	c := &Catalog{Dir: dir, types: map[string]*MachineType{}}
 	for _, f := range files {
-		mt, err := loadMachineType(f)
+		src, err := fs.ReadFile(fsys, f)
+		if err != nil {
+			return nil, fmt.Errorf("machine type %s: %w", f, err)
+		}
+		mt, err := loadMachineType(filepath.Join(dir, f), src)
 		if err != nil {
 			return nil, err
 		}
@@ -83,13 +94,12 @@ func LoadCatalog(dir string) (*Catalog, error) {
 	return c, nil
 }
 
-func loadMachineType(path string) (*MachineType, error) {
+func loadMachineType(path string, src []byte) (*MachineType, error) {
 	var mt MachineType
-	if err := decodeStrict(path, &mt); err != nil {
+	if err := decodeStrictBytes(path, src, &mt); err != nil {
 		return nil, err
 	}
 	mt.Path = path
-	src, _ := os.ReadFile(path)
 	if mt.Name == "" {
 		return nil, fmt.Errorf("%s:1: machine type needs a name", path)
 	}
