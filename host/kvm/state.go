@@ -51,6 +51,7 @@ type PendingExitError struct {
 	Exit Exit
 }
 
+// Error names the pending exit.
 func (e *PendingExitError) Error() string {
 	return fmt.Sprintf("%v: %s", ErrPendingExit, e.Exit.Reason)
 }

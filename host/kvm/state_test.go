@@ -377,3 +377,58 @@ func TestRestoreOverSharedMemfd(t *testing.T) {
 		t.Errorf("counter %d in the memfd, want 5", got)
 	}
 }
+
+// TestTSCDeadlineSurvivesRestore arms the LAPIC timer in TSC-deadline mode
+// and checks that RestoreState brings the deadline back: KVM ignores the
+// deadline MSR unless the LAPIC is already in that mode, so this fails if
+// the MSR is written before the LAPIC.
+func TestTSCDeadlineSurvivesRestore(t *testing.T) {
+	sys := openKVM(t)
+	if !sys.HasCapability(CapTSCDeadlineTimer) {
+		t.Skip("host lacks KVM_CAP_TSC_DEADLINE_TIMER")
+	}
+	src := newGuest(t, sys, guestConfig{code: codeSpin, irqchip: true})
+	lapic, err := src.vcpu.LAPIC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	le.PutUint32(lapic[0xf0:], le.Uint32(lapic[0xf0:])|0x100|0xff) // SVR: APIC enabled
+	le.PutUint32(lapic[0x320:], 0x10000|0x40000|0xec)             // LVT timer: masked, TSC-deadline, vector 0xec
+	if err := src.vcpu.SetLAPIC(lapic); err != nil {
+		t.Fatal(err)
+	}
+	tsc, n, err := src.vcpu.MSRs([]uint32{MSRIA32TSC})
+	if err != nil || n != 1 {
+		t.Fatalf("read TSC: %v (%d)", err, n)
+	}
+	deadline := tsc[0].Data + 1<<40
+	if err := src.vcpu.SetMSRs([]MSREntry{{Index: MSRIA32TSCDeadline, Data: deadline}}); err != nil {
+		t.Fatal(err)
+	}
+	vst, err := src.vcpu.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := uint64(0)
+	for _, m := range vst.MSRs {
+		if m.Index == MSRIA32TSCDeadline {
+			saved = m.Data
+		}
+	}
+	if saved != deadline {
+		t.Fatalf("saved TSC deadline %#x, want %#x", saved, deadline)
+	}
+
+	dst := newGuest(t, sys, guestConfig{irqchip: true, mem: newGuestMemory(t, guestMem), skipLayout: true})
+	if err := dst.vcpu.RestoreState(vst); err != nil {
+		t.Fatal(err)
+	}
+	got, n, err := dst.vcpu.MSRs([]uint32{MSRIA32TSCDeadline})
+	if err != nil || n != 1 {
+		t.Fatalf("read TSC deadline: %v (%d)", err, n)
+	}
+	if got[0].Data != deadline {
+		t.Errorf("TSC deadline after restore %#x, want %#x", got[0].Data, deadline)
+	}
+}

@@ -93,6 +93,7 @@ type MissingCapabilitiesError struct {
 	Missing []Capability
 }
 
+// Error lists the missing capabilities by their KVM_CAP_ names.
 func (e *MissingCapabilitiesError) Error() string {
 	names := make([]string, len(e.Missing))
 	for i, c := range e.Missing {
