@@ -394,7 +394,7 @@ func TestTSCDeadlineSurvivesRestore(t *testing.T) {
 	}
 	le := binary.LittleEndian
 	le.PutUint32(lapic[0xf0:], le.Uint32(lapic[0xf0:])|0x100|0xff) // SVR: APIC enabled
-	le.PutUint32(lapic[0x320:], 0x10000|0x40000|0xec)             // LVT timer: masked, TSC-deadline, vector 0xec
+	le.PutUint32(lapic[0x320:], 0x10000|0x40000|0xec)              // LVT timer: masked, TSC-deadline, vector 0xec
 	if err := src.vcpu.SetLAPIC(lapic); err != nil {
 		t.Fatal(err)
 	}
