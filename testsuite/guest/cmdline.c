@@ -134,7 +134,7 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 			fail(cfg, "unknown workload", t, n);
 	} else if (token_is(t, eq, "guest_console")) {
 		if (token_is(v, vn, "pio"))
-			cfg->console_pio = 1;
+			cfg->console_pio = 0;
 		else if (token_is(v, vn, "syscall"))
 			cfg->console_pio = 0;
 		else
@@ -186,7 +186,7 @@ void parse_cmdline(const char *s, struct config *cfg)
 	cfg->marker_every = 1;
 	cfg->pio_port = 0x80;
 	cfg->pio_count = 100000;
-	cfg->console_pio = 1;
+	cfg->console_pio = 0;
 	while (*s) {
 		while (is_space(*s))
 			s++;

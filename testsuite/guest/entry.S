@@ -126,24 +126,10 @@ pvh_entry:
 	movl %eax, %fs
 	movl %eax, %gs
 
-	/* Boot page tables: PML4[0] -> PDPT[0] -> PD: 512 x 2 MiB = 1 GiB.
-	 * Only entry 0 of PML4/PDPT is written: the loader zero-fills these
-	 * NOBITS pages (ELF p_memsz > p_filesz), as it must. */
-	movl $(boot_pdpt + 3), boot_pml4
-	movl $(boot_pd + 3), boot_pdpt
-	movl $boot_pd, %edi
-	movl $0x83, %eax	/* present | writable | 2 MiB page */
-	movl $512, %ecx
-6:	movl %eax, (%edi)
-	addl $0x200000, %eax
-	addl $8, %edi
-	decl %ecx
-	jnz 6b
-
 	movl %cr4, %eax
 	orl $0x20, %eax		/* CR4.PAE */
 	movl %eax, %cr4
-	movl $boot_pml4, %eax
+	movl $pml4, %eax	/* the static tables below: nothing to build */
 	movl %eax, %cr3
 	movl $0xc0000080, %ecx	/* EFER */
 	rdmsr
@@ -195,6 +181,8 @@ isr_stubs:
 	.balign 16
 	.if vec == 13
 	jmp gp_entry
+	.elseif vec == 6
+	jmp ud_entry
 	.else
 	.if !((vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30))
 	pushq $0
@@ -205,8 +193,8 @@ isr_stubs:
 	.set vec, vec + 1
 	.endr
 
-/* Not-present IDT entries (vectors 32..255 except 0x80) raise #NP with the
- * vector in the error code, so the panic message still names the vector. */
+/* Not-present IDT entries (vectors 32..255) raise #NP with the vector in
+ * the error code, so the panic message still names the vector. */
 
 isr_common:
 	/* stack: vector, error code, rip, cs, rflags, rsp, ss */
@@ -308,11 +296,25 @@ gp_entry:
 9:	pushq $13
 	jmp isr_common
 
-/* ----------------------------------------------------- int 0x80 services */
-/* rax = number, rdi, rsi, rdx = arguments; result in rax; all other
- * registers are preserved. */
-	.globl syscall_entry
-syscall_entry:
+/* --------------------------------------------------------- system calls */
+/*
+ * Ring 3 -> ring 0 calls. Under PVM `int N` from ring 3 raises #UD and
+ * SYSCALL does not switch to ring 0, but exceptions are delivered through
+ * our IDT, so the call instruction is a marked UD2:
+ *	0f 0b 53 59	ud2; .ascii "SY"
+ * rax = number, rdi, rsi, rdx = arguments; result in rax; every other
+ * register is preserved. Any other #UD goes to the panic path.
+ */
+#define UD2_SYSCALL 0x59530b0f
+ud_entry:
+	testb $3, 8(%rsp)	/* frame: rip, cs, rflags, rsp, ss */
+	jz 1f
+	pushq %rsi
+	movq 8(%rsp), %rsi
+	cmpl $UD2_SYSCALL, (%rsi)
+	popq %rsi
+	jne 1f
+	addq $4, (%rsp)		/* resume after the marked ud2 */
 	pushq %rcx
 	pushq %rdx
 	pushq %rsi
@@ -335,6 +337,9 @@ syscall_entry:
 	popq %rdx
 	popq %rcx
 	iretq
+1:	pushq $0
+	pushq $6
+	jmp isr_common
 
 /* ------------------------------------------------------------- stacks */
 	.section .bss.stacks, "aw", @nobits
@@ -349,11 +354,38 @@ df_stack_top:			/* IST1: double fault */
 	.globl user_stack_top
 user_stack_top:
 
-	.section .bss.pgtables, "aw", @nobits
+/*
+ * Static page tables for [0, 4 GiB), ready at link time so that neither entry
+ * path spends emulated ring-0 instructions building them (~1 ms per 512
+ * entries under PVM). 2 MiB pages, all user-accessible (ring-3 workloads
+ * touch RAM and device MMIO directly):
+ *   [0, 3 GiB)      write-back (RAM below the hole; unbacked addresses are
+ *                   harmless in a VM: they exit as MMIO)
+ *   [3 GiB, 4 GiB)  uncached (PCD|PWT, PAT entry 3): LAPIC, IOAPIC, virtio-mmio
+ * kernel.c adds RAM above 4 GiB (pdpt[4..63]) at boot.
+ */
+#define PTE_TABLE 0x07		/* present | writable | user */
+#define PTE_2M_WB 0x87		/* present | writable | user | 2 MiB */
+#define PTE_2M_UC 0x9f		/* PTE_2M_WB | PWT | PCD */
+	.section .data.pgtables, "aw", @progbits
 	.balign 4096
-	.globl boot_pml4, boot_pdpt, boot_pd
-boot_pml4: .space 4096
-boot_pdpt: .space 4096
-boot_pd:   .space 4096
+	.globl pml4, pdpt, pd_low
+pml4:
+	.quad pdpt + PTE_TABLE
+	.fill 511, 8, 0
+pdpt:
+	.quad pd_low + PTE_TABLE, pd_low + 0x1000 + PTE_TABLE
+	.quad pd_low + 0x2000 + PTE_TABLE, pd_low + 0x3000 + PTE_TABLE
+	.fill 508, 8, 0
+pd_low:
+	.set i, 0
+	.rept 1536
+	.quad (i << 21) | PTE_2M_WB
+	.set i, i + 1
+	.endr
+	.rept 512
+	.quad (i << 21) | PTE_2M_UC
+	.set i, i + 1
+	.endr
 
 	.section .note.GNU-stack, "", @progbits

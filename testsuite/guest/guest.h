@@ -3,7 +3,7 @@
  *
  * The guest has two halves in one image:
  *   - a tiny ring-0 kernel (entry.S, kernel.c): boot, paging, GDT/TSS/IDT,
- *     exception reporting, port-I/O emulation for ring 3, a few int 0x80
+ *     exception reporting, port-I/O emulation for ring 3, a few syscall
  *     services. Ring 0 is emulated instruction by instruction under PVM,
  *     so it does as little as possible.
  *   - ring-3 code (user.c, cmdline.c, dirtier.c): command line, markers and
@@ -27,7 +27,7 @@
 #define SEL_UCODE 0x23 /* 0x20 | RPL 3 */
 #define SEL_TSS 0x28
 
-/* int 0x80 services (rax = number, rdi/rsi/rdx = arguments). */
+/* System calls: a marked UD2 (entry.S); rax = number, rdi/rsi/rdx = arguments, rax = result. */
 #define SYS_WRITE 0     /* (buf, len): write bytes to the serial port */
 #define SYS_HALT 1      /* (): hlt forever with interrupts off */
 #define SYS_CRASH 2     /* (): zero-limit IDT + ud2 = triple fault */
@@ -69,6 +69,7 @@ struct bootinfo {
 	u64 image_end;      /* first byte after the guest image (stacks, page tables included) */
 	u64 tsc_boot;       /* TSC at the first kernel C instruction */
 	u64 tsc_user;       /* TSC just before entering ring 3 */
+	u64 tsc_stage[5];   /* TSC after: bss clear, paging, GDT, IDT, TSC probe */
 	u32 pv_mul;         /* kvmclock tsc_to_system_mul (0: no kvmclock) */
 	i64 pv_shift;       /* kvmclock tsc_shift */
 	u64 cpuid_tsc_hz;   /* TSC Hz from CPUID 0x15/0x16/0x40000010 (0: unknown) */
@@ -136,7 +137,7 @@ struct config {
 	u64 dirty_rate_mb;          /* MiB/s, 0 = unlimited */
 	u64 marker_every;
 	u64 pio_port, pio_count;
-	u32 console_pio;            /* 1: ring-3 output by trapping out (#GP), 0: int 0x80 write */
+	u32 console_pio;            /* 1: ring-3 output by trapping in/out (#GP), 0 (default): SYS_WRITE */
 	u32 nr_virtio;
 	struct virtio_mmio_dev virtio[MAX_VIRTIO_MMIO];
 	const char *error;          /* first parse error, or NULL */

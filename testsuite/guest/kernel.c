@@ -4,21 +4,23 @@
  * kernel_main() runs once, on the boot stack, with interrupts off:
  *   1. collects the command line, memory map and RSDP from boot_params
  *      (Linux 64-bit entry) or hvm_start_info (PVH entry) into `bi`;
- *   2. identity-maps the RAM of the memory map and the 3-4 GiB device hole
- *      with 2 MiB user-accessible pages;
+ *   2. switches to the identity map of entry.S ([0, 4 GiB), 2 MiB pages,
+ *      user-accessible, the 3-4 GiB device hole uncached), extended here
+ *      with the RAM above 4 GiB from the memory map (up to 64 GiB);
  *   3. loads its own GDT (user segments + TSS) and IDT;
  *   4. reads the kvmclock scale (TSC frequency) for ring 3;
  *   5. IRETQs to user_main() in ring 3 and never comes back, except through
- *      exceptions (panic), the #GP port-I/O path (entry.S) and int 0x80.
+ *      exceptions (panic), the #GP port-I/O path and the marked-UD2 system calls
+ *      (entry.S).
  * Ring 0 is emulated instruction by instruction under PVM (~0.5 us each):
- * every loop here is O(entries), nothing is cleared that the ELF loader
- * already zero-filled.
+ * every loop here is O(entries), and nothing is cleared that the ELF loader
+ * zero-fills (p_memsz > p_filesz: .bss, stacks, high page tables).
  */
 #include "guest.h"
 
-extern char isr_stubs[], syscall_entry[];
+extern char isr_stubs[];
 extern char boot_stack_top[], df_stack_top[], user_stack_top[];
-extern char __bss_start[], __bss_end[], __image_end[];
+extern char __image_end[];
 void enter_user(void (*rip)(struct bootinfo *), void *rsp, struct bootinfo *arg)
 	__attribute__((noreturn));
 
@@ -80,6 +82,12 @@ static void setup_gdt(void)
 
 /* ------------------------------------------------------------------ IDT */
 
+static void wrmsr(u32 msr, u64 v)
+{
+	__asm__ volatile("wrmsr" ::"c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
+}
+
+
 struct __attribute__((packed)) gate {
 	u16 off0, sel;
 	u8 ist, attr;
@@ -108,64 +116,52 @@ static void setup_idt(void)
 
 	for (int v = 0; v < 32; v++)
 		set_gate(v, isr_stubs + 16 * v, v == 8 ? 1 : 0, 0);
-	set_gate(0x80, syscall_entry, 0, 3); /* callable from ring 3 */
 	__asm__ volatile("lidt %0" ::"m"(p));
 }
 
 /* -------------------------------------------------------------- paging */
 
-/* NOBITS (.bss.pgtables, zero-filled by the loader, not cleared by us). */
-static u64 pml4[512] __attribute__((section(".bss.pgtables"), aligned(4096)));
-static u64 pdpt[512] __attribute__((section(".bss.pgtables"), aligned(4096)));
-static u64 pds[MAX_MAPPED_GIB][512] __attribute__((section(".bss.pgtables"), aligned(4096)));
+/* [0, 4 GiB) is mapped by the static tables of entry.S; RAM above 4 GiB gets
+ * 2 MiB pages in pds_high (NOBITS, zero-filled by the loader). */
+extern u64 pml4[512], pdpt[512];
+static u64 pds_high[MAX_MAPPED_GIB - 4][512] __attribute__((section(".bss.pgtables"), aligned(4096)));
 
-#define PTE_P 0x1UL
-#define PTE_RW 0x2UL
-#define PTE_US 0x4UL
-#define PTE_PWT 0x8UL
-#define PTE_PCD 0x10UL
-#define PTE_PS 0x80UL
-#define PTE_WB (PTE_P | PTE_RW | PTE_US | PTE_PS)
-#define PTE_UC (PTE_WB | PTE_PWT | PTE_PCD) /* PAT entry 3 = UC */
+#define PTE_TABLE 0x07UL /* present | writable | user */
+#define PTE_2M_WB 0x87UL /* present | writable | user | 2 MiB page */
 
-static u64 used_gib; /* bit g: pds[g] holds mappings */
-
-static void map_range(u64 start, u64 end, u64 flags)
+/* Map [start, end) above 4 GiB, write-back. pds_high is one flat array of
+ * PD entries, so consecutive 2 MiB pages are consecutive entries. */
+static void map_high(u64 start, u64 end)
 {
 	u64 limit = (u64)MAX_MAPPED_GIB * GiB;
 
+	if (start < 4 * GiB)
+		start = 4 * GiB;
 	if (end > limit) {
-		if (flags == PTE_WB)
-			bi.unmapped_ram = 1;
+		bi.unmapped_ram = 1;
 		end = limit;
 	}
-	for (u64 a = start & ~(2 * MiB - 1); a < end; a += 2 * MiB) {
-		pds[a >> 30][(a >> 21) & 511] = a | flags;
-		used_gib |= 1UL << (a >> 30);
-	}
+	start &= ~(2 * MiB - 1);
+	if (start >= end)
+		return;
+	u64 *pte = &pds_high[0][0] + ((start - 4 * GiB) >> 21);
+	u64 n = (end - start + 2 * MiB - 1) >> 21;
+#pragma GCC unroll 8
+	for (u64 i = 0; i < n; i++)
+		pte[i] = (start + (i << 21)) | PTE_2M_WB;
+	for (u64 g = start >> 30; g <= (end - 1) >> 30; g++)
+		pdpt[g] = (u64)pds_high[g - 4] | PTE_TABLE;
 }
 
 static void setup_paging(void)
 {
 	u64 cr4;
 
-	/* Device hole (LAPIC, IOAPIC, virtio-mmio, ...) and non-RAM entries:
-	 * uncached. Then RAM, ACPI and NVS: write-back. */
-	map_range(0xc0000000UL, 0x100000000UL, PTE_UC);
 	for (u32 i = 0; i < bi.nr_ranges; i++) {
 		u32 t = bi.ram[i].type;
-		if (t != MEM_RAM && t != MEM_ACPI && t != MEM_NVS)
-			map_range(bi.ram[i].start, bi.ram[i].end, PTE_UC);
+		if ((t == MEM_RAM || t == MEM_ACPI || t == MEM_NVS) && bi.ram[i].end > 4 * GiB)
+			map_high(bi.ram[i].start, bi.ram[i].end);
 	}
-	for (u32 i = 0; i < bi.nr_ranges; i++) {
-		u32 t = bi.ram[i].type;
-		if (t == MEM_RAM || t == MEM_ACPI || t == MEM_NVS)
-			map_range(bi.ram[i].start, bi.ram[i].end, PTE_WB);
-	}
-	for (int g = 0; g < MAX_MAPPED_GIB; g++)
-		if (used_gib & (1UL << g))
-			pdpt[g] = (u64)pds[g] | PTE_P | PTE_RW | PTE_US;
-	pml4[0] = (u64)pdpt | PTE_P | PTE_RW | PTE_US;
 
 	/* Kernel and user share every page: SMEP/SMAP would fault ring 0. */
 	__asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
@@ -248,10 +244,6 @@ static void cpuid(u32 leaf, u32 r[4])
 	__asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(0));
 }
 
-static void wrmsr(u32 msr, u64 v)
-{
-	__asm__ volatile("wrmsr" ::"c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
-}
 
 /* kvmclock (pvclock) per-vCPU time info, written by the hypervisor. */
 static volatile struct {
@@ -311,9 +303,9 @@ void kernel_main(u32 kind, u64 info)
 {
 	u64 t0 = rdtsc();
 
-	memset(__bss_start, 0, __bss_end - __bss_start);
 	bi.kind = kind;
 	bi.tsc_boot = t0;
+	bi.tsc_stage[0] = rdtsc(); /* (stage 0: nothing left to do here) */
 	if (kind == BOOT_PVH)
 		read_pvh((const void *)info);
 	else
@@ -321,9 +313,13 @@ void kernel_main(u32 kind, u64 info)
 	if (bi.nr_ranges == 0)
 		add_range(0, 1 * GiB, MEM_RAM); /* no map given: what the PVH boot tables cover */
 	setup_paging();
+	bi.tsc_stage[1] = rdtsc();
 	setup_gdt();
+	bi.tsc_stage[2] = rdtsc();
 	setup_idt();
+	bi.tsc_stage[3] = rdtsc();
 	probe_tsc();
+	bi.tsc_stage[4] = rdtsc();
 	bi.image_end = (u64)__image_end;
 	bi.tsc_user = rdtsc();
 	enter_user(user_main, user_stack_top, &bi);
@@ -388,7 +384,7 @@ void exception_panic(struct frame *f)
 		__asm__ volatile("cli; hlt");
 }
 
-/* --------------------------------------------------------- int 0x80 */
+/* ---------------------------------------------- system calls (ud_entry) */
 
 long syscall_dispatch(long nr, long a, long b, long c)
 {
