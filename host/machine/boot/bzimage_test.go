@@ -172,12 +172,39 @@ func TestLoadBzImageRejects(t *testing.T) {
 	}
 }
 
-func FuzzParseSetupHeader(f *testing.F) {
+// FuzzLoadBzImage checks that no image makes the header parser, the
+// loader or KernelVersion panic, and that accepted images stay in RAM.
+func FuzzLoadBzImage(f *testing.F) {
+	small := defaultBzImage()
+	small.code = small.code[:0x100]
+	small.prefAddress = 0x200000
+	f.Add(small.bytes())
 	f.Add(defaultBzImage().bytes()[:0x400])
+	const ram = 4 << 20
+	mem := newGuestRAM(f, ram)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseSetupHeader(bytes.NewReader(b))
 		if err == nil && (h.Version < minVersion || len(h.Raw) == 0) {
 			t.Fatalf("accepted header %+v", h)
 		}
+		k, err := LoadBzImage(bytes.NewReader(b), mem, ram, 0)
+		if err == nil && (k.End > ram || k.Entry != k.LoadAddr+0x200) {
+			t.Fatalf("accepted image placed at %#x..%#x", k.LoadAddr, k.End)
+		}
+		_, _ = KernelVersion(bytes.NewReader(b))
 	})
+}
+
+func TestKernelVersion(t *testing.T) {
+	img := defaultBzImage().bytes()
+	binary.LittleEndian.PutUint16(img[offKernelVersion:], 0x300) // string at 0x500
+	copy(img[0x500:], "6.99.0-test (builder@host) #1\x00garbage")
+	v, err := KernelVersion(bytes.NewReader(img))
+	if err != nil || v != "6.99.0-test (builder@host) #1" {
+		t.Fatalf("KernelVersion = %q, %v", v, err)
+	}
+	binary.LittleEndian.PutUint16(img[offKernelVersion:], 0xff00) // beyond the file
+	if _, err := KernelVersion(bytes.NewReader(img)); err == nil {
+		t.Error("version pointer beyond the file accepted")
+	}
 }

@@ -25,6 +25,9 @@ func KernelVersion(kernel io.ReaderAt) (string, error) {
 	off := uint64(ptr) + 0x200
 	n, err := kernel.ReadAt(buf, int64(off))
 	if n == 0 {
+		if err == nil {
+			err = errShortFile
+		}
 		return "", fmt.Errorf("bzImage: kernel version string at %#x: %w", off, err)
 	}
 	buf = buf[:n]
