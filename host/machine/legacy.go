@@ -23,6 +23,7 @@ const (
 	resetCtlSystem = 0x02 // system reset (with the CPU reset bit 0x04)
 	resetCtlCPU    = 0x04
 
+	pm1SCIEn       = 1 << 0 // reads as 1: the FADT has no SMI_CMD, so the platform is always in ACPI mode
 	pm1SLPEn       = 1 << 13
 	pm1SLPTypShift = 10
 	pm1SLPTypMask  = 7 << pm1SLPTypShift
@@ -106,7 +107,7 @@ func (d *legacyDevice) Read(region int, off uint64, size int) uint64 {
 		return v >> (8 * off) & mask(size)
 	case regPM1aCnt:
 		pm.mu.Lock()
-		v := uint64(pm.cnt)
+		v := uint64(pm.cnt | pm1SCIEn)
 		pm.mu.Unlock()
 		return v >> (8 * off) & mask(size)
 	case regPMTimer:

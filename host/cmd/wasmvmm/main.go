@@ -1,0 +1,65 @@
+// Command wasmvmm is a KVM virtual machine monitor whose devices are
+// WebAssembly plugins.
+//
+//	wasmvmm run CONFIG.toml [flags]   boot the VM a configuration describes
+//	wasmvmm demo [flags]              boot the test guest with the default devices
+//	wasmvmm build-plugins [DIR]       build every plugin under plugins/ into DIR
+//	wasmvmm machines                  list the machine types
+//	wasmvmm version
+//
+// run and demo take the same flags; see `wasmvmm run -h`.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is the wasmvmm release.
+const version = "0.1.0"
+
+func main() {
+	os.Exit(dispatch(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return cmdRun(rest, false, stdin, stdout, stderr)
+	case "demo":
+		return cmdRun(rest, true, stdin, stdout, stderr)
+	case "build-plugins":
+		return cmdBuildPlugins(rest, stdout, stderr)
+	case "machines":
+		return cmdMachines(rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "wasmvmm %s\n", version)
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "wasmvmm: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: wasmvmm COMMAND [ARGS]
+
+commands:
+  run CONFIG.toml [flags]   boot the VM described by a configuration file
+  demo [flags]              boot the test guest with every default device and the dirtier
+  build-plugins [DIR]       build every plugin under plugins/ (default DIR: bin/plugins)
+  machines                  list the machine types
+  version                   print the version
+
+run and demo flags: wasmvmm run -h
+`)
+}

@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+
+	"wasmvmm/host/machine"
+	"wasmvmm/host/machine/config"
+	"wasmvmm/host/plugin"
+	"wasmvmm/host/pluginbuild"
+	"wasmvmm/machines"
+)
+
+// runFlags are the flags run and demo share. Flags override the
+// configuration file.
+type runFlags struct {
+	memory      string
+	cpus        int
+	shareMemory bool
+	serial      string
+	qmp         string
+	incoming    multiFlag
+	machineType string
+	machinesDir string
+	kernel      string
+	initrd      string
+	appendLine  string
+	pluginDir   string
+	paused      bool
+	logLevel    string
+	kvm         string
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.memory, "memory", "", "guest RAM, e.g. 512M or 4G")
+	fs.IntVar(&f.cpus, "cpus", 0, "number of vCPUs")
+	fs.BoolVar(&f.shareMemory, "share-memory", false, "back guest RAM with memfds (needed for cpr-transfer)")
+	fs.StringVar(&f.serial, "serial", "", "serial console: stdio, null, file:PATH or unix:PATH")
+	fs.StringVar(&f.qmp, "qmp", "", "QMP unix socket path (created mode 0600)")
+	fs.Var(&f.incoming, "incoming", "incoming migration URI (repeatable; e.g. defer, file:PATH, unix:PATH, cpr,unix:PATH)")
+	fs.StringVar(&f.machineType, "machine", "", "machine type (see `wasmvmm machines`)")
+	fs.StringVar(&f.machinesDir, "machines", "", "read machine types from this directory instead of the built-in ones")
+	fs.StringVar(&f.kernel, "kernel", "", "kernel to boot (ELF or bzImage)")
+	fs.StringVar(&f.initrd, "initrd", "", "initial ramdisk")
+	fs.StringVar(&f.appendLine, "append", "", "kernel command line")
+	fs.StringVar(&f.pluginDir, "plugins", "", "directory of the .wasm plugins")
+	fs.BoolVar(&f.paused, "S", false, "start paused (resume with QMP cont)")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&f.kvm, "kvm", "/dev/kvm", "KVM device")
+}
+
+// demoCmdline runs the dirtier over 64 MiB at 64 MiB/s: one marker a second.
+const demoCmdline = "workload=dirtier dirty_rate_mb=64"
+
+func cmdRun(args []string, demo bool, stdin io.Reader, stdout, stderr io.Writer) int {
+	name := "run"
+	if demo {
+		name = "demo"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f runFlags
+	f.register(fs)
+	fs.Usage = func() {
+		if demo {
+			fmt.Fprintln(stderr, "usage: wasmvmm demo [flags]")
+		} else {
+			fmt.Fprintln(stderr, "usage: wasmvmm run CONFIG.toml [flags]")
+		}
+		fs.PrintDefaults()
+	}
+	// Allow flags after the config file too.
+	var positional []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			positional = append(positional, args[0])
+			args = args[1:]
+		}
+	}
+	level := hclog.LevelFromString(f.logLevel)
+	if level == hclog.NoLevel {
+		fmt.Fprintf(stderr, "wasmvmm: unknown log level %q\n", f.logLevel)
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "wasmvmm", Level: level, Output: stderr})
+
+	var vm *config.VM
+	switch {
+	case demo && len(positional) == 0:
+		vm = &config.VM{}
+	case !demo && len(positional) == 1:
+		var err error
+		if vm, err = config.LoadVM(positional[0]); err != nil {
+			fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+			return 1
+		}
+	default:
+		fs.Usage()
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	code, err := runVM(ctx, vm, &f, demo, stdin, stdout, stderr, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// applyFlags overrides the configuration with the flags given.
+func applyFlags(vm *config.VM, f *runFlags, demo bool, l *layout) error {
+	if f.memory != "" {
+		n, err := config.ParseSize(f.memory)
+		if err != nil {
+			return fmt.Errorf("--memory: %w", err)
+		}
+		vm.Machine.Memory = config.Size(n)
+	}
+	if f.cpus != 0 {
+		if f.cpus < 0 {
+			return fmt.Errorf("--cpus %d: must be positive", f.cpus)
+		}
+		vm.Machine.CPUs = f.cpus
+	}
+	if f.shareMemory {
+		vm.Machine.ShareMemory = true
+	}
+	if f.machineType != "" {
+		vm.Machine.Type = f.machineType
+	}
+	if f.kernel != "" {
+		vm.Boot.Kernel = f.kernel
+	}
+	if f.initrd != "" {
+		vm.Boot.Initrd = f.initrd
+	}
+	if f.appendLine != "" {
+		vm.Boot.Cmdline = f.appendLine
+	}
+	if demo {
+		if vm.Machine.Memory == 0 {
+			vm.Machine.Memory = 256 << 20
+		}
+		if vm.Boot.Cmdline == "" {
+			vm.Boot.Cmdline = demoCmdline
+		}
+	}
+	if f.serial == "" && (demo || !hasSerialBackend(vm)) {
+		f.serial = "stdio"
+	}
+	if f.serial != "" {
+		setBackend(vm, "serial0", "console", f.serial)
+	}
+	return nil
+}
+
+func hasSerialBackend(vm *config.VM) bool {
+	for _, d := range vm.Devices {
+		if d.ID == "serial0" && d.Backends["console"] != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func setBackend(vm *config.VM, id, name, spec string) {
+	for i := range vm.Devices {
+		if vm.Devices[i].ID == id {
+			if vm.Devices[i].Backends == nil {
+				vm.Devices[i].Backends = map[string]string{}
+			}
+			vm.Devices[i].Backends[name] = spec
+			return
+		}
+	}
+	vm.Devices = append(vm.Devices, config.DeviceConfig{ID: id, Backends: map[string]string{name: spec}})
+}
+
+// loadCatalog returns the machine types: built in, or from --machines.
+func loadCatalog(dir string) (*config.Catalog, error) {
+	if dir != "" {
+		return config.LoadCatalog(dir)
+	}
+	return config.LoadCatalogFS(machines.FS(), "machines (built in)")
+}
+
+// newestMachineType picks the default: the newest version of wasmvmm-virt.
+func newestMachineType(c *config.Catalog) string {
+	best := ""
+	for _, n := range c.Names() {
+		mt, _ := c.Get(n)
+		if mt.Family == "wasmvmm-virt" && mt.Next == "" {
+			best = n
+		}
+	}
+	return best
+}
+
+// runVM builds and runs the VM until it stops; the returned code is the
+// process exit status.
+func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.Reader, stdout, stderr io.Writer, log hclog.Logger) (int, error) {
+	l := discoverLayout(f.pluginDir)
+	if err := applyFlags(vm, f, demo, &l); err != nil {
+		return 2, err
+	}
+	catalog, err := loadCatalog(f.machinesDir)
+	if err != nil {
+		return 1, err
+	}
+	if vm.Machine.Type == "" {
+		vm.Machine.Type = newestMachineType(catalog)
+	}
+	mt, err := catalog.Get(vm.Machine.Type)
+	if err != nil {
+		return 1, err
+	}
+	if l.repo != "" && f.pluginDir == "" {
+		if _, err := pluginbuild.Ensure(ctx, l.repo, l.pluginDir); err != nil {
+			return 1, fmt.Errorf("build plugins: %w", err)
+		}
+	}
+	if demo && vm.Boot.Kernel == "" {
+		if vm.Boot.Kernel, err = l.ensureGuest(ctx); err != nil {
+			return 1, err
+		}
+	}
+	specs, err := machine.DeviceSpecs(mt, vm)
+	if err != nil {
+		return 1, err
+	}
+	rt, err := plugin.NewRuntime(ctx, plugin.Config{Logger: log.Named("plugin")})
+	if err != nil {
+		return 1, err
+	}
+	defer rt.Close(context.Background())
+
+	console := newConsole(stdin, stdout, stderr)
+	loader := &machine.PluginLoader{
+		Runtime:   rt,
+		Find:      func(name string) (string, error) { return pluginbuild.Find(name, []string{l.pluginDir}) },
+		Backends:  console.open,
+		Migration: plugin.NewMigrationRegistry(),
+		Preserved: plugin.NewFDRegistry(),
+		Logger:    log,
+	}
+	m, err := machine.New(machine.Config{
+		VM: vm, MachineType: mt, KVMPath: f.kvm, Logger: log,
+		Devices: loader.Factory(ctx, specs),
+	})
+	if err != nil {
+		return 1, err
+	}
+	defer m.Close()
+	if len(f.incoming) > 0 {
+		return 1, errors.New("--incoming: migration is not available in this build yet")
+	}
+	restore, err := console.start(func() { m.Shutdown("host-qmp-quit", false) })
+	if err != nil {
+		return 1, err
+	}
+	defer restore()
+	if err := m.Start(f.paused); err != nil {
+		return 1, err
+	}
+	select {
+	case <-m.Done():
+	case <-ctx.Done():
+		m.Shutdown("host-signal", false)
+	}
+	restore()
+	if st, reason := m.State(); st == machine.StateInternalError {
+		return m.ExitCode(), fmt.Errorf("guest stopped: %s", reason)
+	}
+	return m.ExitCode(), nil
+}
+
+func cmdMachines(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("machines", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("machines", "", "read machine types from this directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c, err := loadCatalog(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	def := newestMachineType(c)
+	for _, n := range c.Names() {
+		mt, _ := c.Get(n)
+		mark := " "
+		if n == def {
+			mark = "*"
+		}
+		fmt.Fprintf(stdout, "%s %-24s %s\n", mark, n, mt.Description)
+	}
+	return 0
+}
+
+func cmdBuildPlugins(args []string, stdout, stderr io.Writer) int {
+	wd, _ := os.Getwd()
+	repo := findRepo(wd)
+	if repo == "" {
+		fmt.Fprintln(stderr, "wasmvmm: build-plugins must run inside the wasmvmm source tree")
+		return 1
+	}
+	out := ""
+	if len(args) > 0 {
+		out = args[0]
+	} else {
+		var err error
+		if out, err = pluginbuild.DefaultOutDir(repo); err != nil {
+			fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+			return 1
+		}
+	}
+	built, err := pluginbuild.Ensure(context.Background(), repo, out)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	for name, path := range built {
+		fmt.Fprintf(stdout, "%s\t%s\n", name, path)
+	}
+	return 0
+}
