@@ -75,9 +75,9 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 // NewClient runs the QMP handshake on an established connection and returns
 // a client that owns it.
 func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
-	if deadline, ok := ctx.Deadline(); ok {
-		conn.SetReadDeadline(deadline)
-	}
+	// Cancelling ctx interrupts the handshake.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
 	dec := json.NewDecoder(conn)
 	var hello struct {
 		QMP *Greeting `json:"QMP"`
@@ -88,7 +88,6 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	if hello.QMP == nil {
 		return nil, errors.New("read greeting: no \"QMP\" member")
 	}
-	conn.SetReadDeadline(time.Time{})
 	c := &Client{
 		conn:     conn,
 		greeting: *hello.QMP,
@@ -100,6 +99,11 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	if _, err := c.Execute(ctx, "qmp_capabilities", nil); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("capabilities negotiation: %w", err)
+	}
+	if !stop() {
+		// ctx ended just as the handshake finished: the deadline may be set.
+		c.Close()
+		return nil, fmt.Errorf("capabilities negotiation: %w", context.Cause(ctx))
 	}
 	return c, nil
 }

@@ -25,6 +25,9 @@ type withEmbedded struct {
 	hidden int
 }
 
+// hidden is unexported: Decode must refuse it like any unknown member.
+var _ = withEmbedded{}.hidden
+
 type mode string
 
 func (m *mode) UnmarshalJSON(b []byte) error {

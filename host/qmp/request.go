@@ -246,11 +246,6 @@ func (f *framer) appendByte(c byte, emit func(frameResult)) {
 	f.buf = append(f.buf, c)
 }
 
-// pending reports whether a partial message is buffered.
-func (f *framer) pending() bool {
-	return len(f.buf) > 0 || f.discarding
-}
-
 // String describes the framer state, for debugging.
 func (f *framer) String() string {
 	return fmt.Sprintf("framer{buffered=%d depth=%d string=%v scalar=%v discarding=%v}",

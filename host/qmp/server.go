@@ -309,7 +309,7 @@ type eventMessage struct {
 // messages (Config.QueueLength). A client whose queue is full when an event
 // arrives is not reading its socket; it is disconnected rather than allowed
 // to stall the machine or to miss events silently. Emit fails only if data
-// cannot be encoded.
+// cannot be encoded as a JSON object.
 func (s *Server) Emit(name string, data any) error {
 	return s.EmitAt(name, data, time.Now())
 }
@@ -324,6 +324,9 @@ func (s *Server) EmitAt(name string, data any, when time.Time) error {
 		raw, err := json.Marshal(data)
 		if err != nil {
 			return fmt.Errorf("qmp: emit %s: encode data: %w", name, err)
+		}
+		if len(raw) == 0 || raw[0] != '{' {
+			return fmt.Errorf("qmp: emit %s: data must encode to a JSON object, not %.20s", name, raw)
 		}
 		msg.Data = raw
 	}
@@ -410,7 +413,7 @@ func (c *session) enqueue(m outMessage) {
 	select {
 	case c.out <- m:
 	case <-c.done:
-		runAfter(m.after)
+		c.runAfter(m.after)
 	}
 }
 
@@ -429,9 +432,18 @@ func (c *session) tryEnqueue(m outMessage) bool {
 	}
 }
 
-func runAfter(fns []func()) {
+// runAfter starts the AfterReply functions of a response, each in its own
+// goroutine; a panic in one is logged, not fatal.
+func (c *session) runAfter(fns []func()) {
 	for _, fn := range fns {
-		go fn()
+		go func() {
+			defer func() {
+				if r := recover(); r != nil {
+					c.s.log.Error("qmp after-reply function panicked", "panic", r, "stack", string(debug.Stack()))
+				}
+			}()
+			fn()
+		}()
 	}
 }
 
@@ -442,7 +454,7 @@ func (c *session) writeLoop() {
 		for {
 			select {
 			case m := <-c.out:
-				runAfter(m.after)
+				c.runAfter(m.after)
 			default:
 				return
 			}
@@ -455,7 +467,7 @@ func (c *session) writeLoop() {
 		case m := <-c.out:
 			c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 			_, err := c.nc.Write(m.data)
-			runAfter(m.after)
+			c.runAfter(m.after)
 			if err != nil {
 				c.s.log.Debug("qmp client write failed", "client", c.id, "error", err)
 				c.shutdown()

@@ -505,9 +505,9 @@ func startServerAt(t *testing.T, path string) (*Server, string) {
 func TestHandlerPanicAndErrorClasses(t *testing.T) {
 	srv, path := startServer(t, Config{})
 	srv.Register("boom", NoArgs(func(context.Context) (any, error) {
-		var m map[string]int
-		m["x"] = 1 // nil map write
-		return nil, nil
+		var list []int
+		return list[len(list)], nil // index out of range
+
 	}))
 	srv.Register("no-device", NoArgs(func(context.Context) (any, error) {
 		return nil, fmt.Errorf("looking up: %w", Errorf(ClassDeviceNotFound, "Device 'nic9' not found"))
