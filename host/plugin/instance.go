@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -645,7 +646,11 @@ func (i *Instance) failLocked(ex export, err error) {
 		i.failErr = errors.New(msg)
 	default:
 		first, _, _ := strings.Cut(err.Error(), "\n")
-		i.failErr = fmt.Errorf("device %s: trap in %s: %s", i.name, name, first)
+		msg := fmt.Sprintf("device %s: trap in %s: %s", i.name, name, first)
+		if line := i.stderr.crashLine(); line != "" {
+			msg += " after the plugin reported " + strconv.Quote(line)
+		}
+		i.failErr = errors.New(msg)
 	}
 	i.failed.Store(true)
 	i.log.Error("device failed; it now reads as all ones and ignores writes", "reason", i.failErr, "detail", err.Error())

@@ -337,11 +337,11 @@ func putU32(b []byte, v uint32) {
 
 // GuestRead, GuestWrite and GuestReadSG expose the raw imports to test
 // plugins that pass bad arguments.
-func GuestRead(gpa uint64, p, n uint32) int32       { return guestRead(gpa, p, n) }
-func GuestWrite(gpa uint64, p, n uint32) int32      { return guestWrite(gpa, p, n) }
-func GuestReadSG(sg, count, buf, n uint32) int64    { return guestReadSG(sg, count, buf, n) }
-func BytesPtr(b []byte) uint32                      { return bytesPtr(b) }
-func RawLog(level, p, n uint32)                     { hostLog(level, p, n) }
+func GuestRead(gpa uint64, p, n uint32) int32          { return guestRead(gpa, p, n) }
+func GuestWrite(gpa uint64, p, n uint32) int32         { return guestWrite(gpa, p, n) }
+func GuestReadSG(sg, count, buf, n uint32) int64       { return guestReadSG(sg, count, buf, n) }
+func BytesPtr(b []byte) uint32                         { return bytesPtr(b) }
+func RawLog(level, p, n uint32)                        { hostLog(level, p, n) }
 func RawPropGetInt(namePtr, nameLen, out uint32) int32 { return propGetInt(namePtr, nameLen, out) }
 
 //go:wasmexport dev_describe
