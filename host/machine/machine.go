@@ -92,7 +92,7 @@ type vcpu struct {
 // New builds a machine: checks the host can give what the config asks,
 // creates the VM, RAM, vCPUs, devices, and loads the kernel. Nothing is
 // left half-built on error.
-func New(cfg Config) (m *Machine, err error) {
+func New(cfg Config) (_ *Machine, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -114,7 +114,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if err := checkHostResources(memSize, cpus); err != nil {
 		return nil, err
 	}
-	m = &Machine{
+	m := &Machine{
 		cfg: cfg, log: cfg.Logger, state: newRunState(), done: make(chan struct{}),
 		PIO: bus.New("pio"), MMIO: bus.New("mmio"), Clock: NewClock(),
 		layout: boot.MemoryLayout{RAMSize: memSize},
@@ -123,7 +123,6 @@ func New(cfg Config) (m *Machine, err error) {
 	defer func() {
 		if err != nil {
 			m.Close()
-			m = nil
 		}
 	}()
 
