@@ -1,0 +1,87 @@
+package vmstate
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// streamReader reads big-endian items from a stream and tracks the offset.
+type streamReader struct {
+	br  *bufio.Reader
+	off int64
+}
+
+func newStreamReader(r io.Reader) *streamReader {
+	return &streamReader{br: bufio.NewReaderSize(r, 1<<20)}
+}
+
+// full fills p or fails with ErrTruncated.
+func (r *streamReader) full(p []byte) error {
+	n, err := io.ReadFull(r.br, p)
+	r.off += int64(n)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: need %d bytes, the stream ends after %d", ErrTruncated, len(p), n)
+		}
+		return fmt.Errorf("read: %w", err)
+	}
+	return nil
+}
+
+func (r *streamReader) u8() (byte, error) {
+	b, err := r.br.ReadByte()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("%w: need 1 byte, the stream ends", ErrTruncated)
+		}
+		return 0, fmt.Errorf("read: %w", err)
+	}
+	r.off++
+	return b, nil
+}
+
+func (r *streamReader) be32() (uint32, error) {
+	var b [4]byte
+	if err := r.full(b[:]); err != nil {
+		return 0, err
+	}
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), nil
+}
+
+func (r *streamReader) be64() (uint64, error) {
+	var b [8]byte
+	if err := r.full(b[:]); err != nil {
+		return 0, err
+	}
+	var v uint64
+	for _, c := range b {
+		v = v<<8 | uint64(c)
+	}
+	return v, nil
+}
+
+// str reads a string of a length byte and that many bytes.
+func (r *streamReader) str() (string, error) {
+	n, err := r.u8()
+	if err != nil {
+		return "", err
+	}
+	var b [255]byte
+	if err := r.full(b[:n]); err != nil {
+		return "", err
+	}
+	return string(b[:n]), nil
+}
+
+// peek returns the next n bytes without consuming them; fewer at the end.
+func (r *streamReader) peek(n int) []byte {
+	b, _ := r.br.Peek(n)
+	return b
+}
+
+func (r *streamReader) discard(n int) {
+	d, _ := r.br.Discard(n)
+	r.off += int64(d)
+}
