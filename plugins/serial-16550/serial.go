@@ -535,10 +535,6 @@ func (u *uart) BackendReady(b *sdk.Backend, events abi.BackendEvent) {
 			}
 		}
 	}
-	if events&abi.EventHangup != 0 && events&abi.EventReadable == 0 {
-		// The peer went away: stop asking for input until something changes.
-		u.watching &^= abi.EventReadable
-	}
 	u.updateWatch()
 	u.updateIRQ()
 }
