@@ -639,9 +639,11 @@ func (s *Server) qmpCapabilities(ctx context.Context, args qmpCapabilitiesArgs) 
 		return nil, Errorf(ClassCommandNotFound, "Capabilities negotiation is already complete, command ignored")
 	}
 	var unavailable []string
-	for i, capName := range args.Enable {
+	for _, capName := range args.Enable {
 		if !knownCapabilities[capName] {
-			return nil, genericf("Parameter 'enable[%d]' does not accept value '%s'", i, capName)
+			// QEMU names a list element "null" here (its enum visitor gets
+			// no name for list elements); we say the same.
+			return nil, genericf("Parameter 'null' does not accept value '%s'", capName)
 		}
 		// We offer no capability, so every known one is unavailable.
 		unavailable = append(unavailable, capName)
