@@ -6,8 +6,9 @@
  *             low 4 GiB identity-mapped, flat GDT, interrupts off,
  *             RSI = struct boot_params.
  *   pvh_entry PVH (XEN_ELFNOTE_PHYS32_ENTRY note below): 32-bit protected mode,
- *             paging off, flat CS/DS, EBX = struct hvm_start_info. Builds a
- *             1 GiB identity map, enables PAE + long mode, jumps to 64-bit.
+ *             paging off, flat CS/DS, EBX = struct hvm_start_info.
+ *             Loads the static identity map below, enables PAE + long mode,
+ *             jumps to 64-bit code.
  * Both print the boot banner before doing anything else.
  *
  * Everything here runs in ring 0, which PVM emulates one instruction at a
@@ -31,17 +32,18 @@ banner:
 banner_end:
 
 /*
- * BANNER ptr: program the 16550 at 0x3f8 (115200 8N1, FIFO on, no
+ * BANNER addr: program the 16550 at 0x3f8 (115200 8N1, FIFO on, no
  * interrupts) and print the banner, waiting for THRE (transmitter empty)
- * before each burst of up to 16 bytes (the FIFO depth). Clobbers
- * eax, ecx, edx, \ptr. Valid in 32-bit and 64-bit code.
+ * before each burst of up to 16 bytes (the FIFO depth). Clobbers eax, ecx,
+ * edx, esi. \addr is the register used to address the byte: %esi in
+ * 32-bit code, %rsi in 64-bit code. About 30 port accesses (VM exits).
  */
 .macro UART_OUT port, val
 	movw $\port, %dx
 	movb $\val, %al
 	outb %al, %dx
 .endm
-.macro BANNER ptr
+.macro BANNER addr
 	UART_OUT 0x3f9, 0x00	/* IER: no interrupts */
 	UART_OUT 0x3fb, 0x80	/* LCR: DLAB=1 */
 	UART_OUT 0x3f8, 0x01	/* DLL: divisor 1 = 115200 baud */
@@ -49,7 +51,7 @@ banner_end:
 	UART_OUT 0x3fb, 0x03	/* LCR: 8 data bits, no parity, 1 stop, DLAB=0 */
 	UART_OUT 0x3fa, 0x07	/* FCR: enable and clear FIFOs */
 	UART_OUT 0x3fc, 0x03	/* MCR: DTR | RTS */
-	movl $banner, %e\ptr
+	movl $banner, %esi
 .Lburst\@:
 	movw $0x3fd, %dx	/* LSR */
 .Lthre\@:
@@ -59,10 +61,10 @@ banner_end:
 	movw $0x3f8, %dx	/* THR */
 	movl $16, %ecx
 .Lbyte\@:
-	movb (%r\ptr), %al
+	movb (\addr), %al
 	outb %al, %dx
-	incl %e\ptr
-	cmpl $banner_end, %e\ptr
+	incl %esi
+	cmpl $banner_end, %esi
 	je .Ldone\@
 	decl %ecx
 	jnz .Lbyte\@
@@ -77,8 +79,9 @@ banner_end:
 	.globl entry64
 entry64:
 	cli
+	cld
 	movq %rsi, %rbx		/* boot_params */
-	BANNER si
+	BANNER %rsi
 	leaq boot_stack_top(%rip), %rsp
 	movl $BOOT_LINUX64, %edi
 	movq %rbx, %rsi
@@ -92,31 +95,7 @@ entry64:
 pvh_entry:
 	cli
 	cld
-	/* ebx = hvm_start_info, left alone below. Same banner code as BANNER,
-	 * spelled out because (%rsi) does not exist in 32-bit code. */
-	UART_OUT 0x3f9, 0x00
-	UART_OUT 0x3fb, 0x80
-	UART_OUT 0x3f8, 0x01
-	UART_OUT 0x3f9, 0x00
-	UART_OUT 0x3fb, 0x03
-	UART_OUT 0x3fa, 0x07
-	UART_OUT 0x3fc, 0x03
-	movl $banner, %esi
-2:	movw $0x3fd, %dx
-3:	inb %dx, %al
-	testb $0x20, %al
-	jz 3b
-	movw $0x3f8, %dx
-	movl $16, %ecx
-4:	movb (%esi), %al
-	outb %al, %dx
-	incl %esi
-	cmpl $banner_end, %esi
-	je 5f
-	decl %ecx
-	jnz 4b
-	jmp 2b
-5:
+	BANNER %esi		/* ebx = hvm_start_info is left alone */
 	/* Our GDT (64-bit code at 0x08, flat data at 0x10). */
 	lgdt gdt_ptr
 	movl $SEL_KDATA, %eax

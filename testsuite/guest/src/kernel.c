@@ -227,7 +227,7 @@ struct hvm_memmap_entry {
 static void read_pvh(const struct hvm_start_info *si)
 {
 	if (si->magic != 0x336ec578)
-		return; /* no information: the 1 GiB fallback below applies */
+		return; /* no information: the fallback in kernel_main applies */
 	bi.cmdline = si->cmdline_paddr;
 	bi.rsdp = si->rsdp_paddr;
 	if (si->version >= 1 && si->memmap_paddr) {
@@ -311,7 +311,7 @@ void kernel_main(u32 kind, u64 info)
 	else
 		read_boot_params((const void *)info);
 	if (bi.nr_ranges == 0)
-		add_range(0, 1 * GiB, MEM_RAM); /* no map given: what the PVH boot tables cover */
+		add_range(0, 1 * GiB, MEM_RAM); /* no memory map: assume 1 GiB (printed by ring 3) */
 	setup_paging();
 	bi.tsc_stage[1] = rdtsc();
 	setup_gdt();
