@@ -468,6 +468,9 @@ func (l *loader) decodeSection(e *entry, p *plan, version uint32, w where, st *s
 	got := map[*plan]bool{}
 	for {
 		pk := l.r.peek(2)
+		if len(pk) == 1 && pk[0] == SectionSubsection {
+			return nil, "", w.err(l.r.off, "%w: subsection header cut short", ErrTruncated)
+		}
 		if len(pk) < 2 || pk[0] != SectionSubsection || int(pk[1]) < len(p.wireName)+1 {
 			return ss, last, nil
 		}
@@ -475,7 +478,7 @@ func (l *loader) decodeSection(e *entry, p *plan, version uint32, w where, st *s
 		n := int(pk[1])
 		hdr := l.r.peek(2 + n)
 		if len(hdr) < 2+n {
-			return nil, "", w.err(off, "%v: subsection header cut short", ErrTruncated)
+			return nil, "", w.err(off, "%w: subsection header cut short", ErrTruncated)
 		}
 		name := string(hdr[2:])
 		if !strings.HasPrefix(name, p.wireName) {
@@ -569,7 +572,7 @@ func quoteList(names []string) string {
 func (l *loader) finish(eofOff int64) error {
 	if pk := l.r.peek(1); len(pk) == 0 {
 		if !l.opt.AllowMissingVMDesc {
-			return nowhere.err(l.r.off, "%v: the stream ends after EOF without the vmdesc", ErrTruncated)
+			return nowhere.err(l.r.off, "%w: the stream ends after EOF without the vmdesc", ErrTruncated)
 		}
 	} else {
 		if err := l.vmdesc(); err != nil {
@@ -613,7 +616,7 @@ func (l *loader) vmdesc() error {
 		return w.wrap(l.r.off, fmt.Errorf("read: %w", err))
 	}
 	if len(js) != int(n) {
-		return w.err(l.r.off, "%v: need %d bytes of JSON, the stream ends after %d", ErrTruncated, n, len(js))
+		return w.err(l.r.off, "%w: need %d bytes of JSON, the stream ends after %d", ErrTruncated, n, len(js))
 	}
 	jsOff := off + 5
 	var root descRoot

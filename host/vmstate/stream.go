@@ -14,7 +14,7 @@ type streamReader struct {
 }
 
 func newStreamReader(r io.Reader) *streamReader {
-	return &streamReader{br: bufio.NewReaderSize(r, 1<<20)}
+	return &streamReader{br: bufio.NewReaderSize(r, 256<<10)}
 }
 
 // full fills p or fails with ErrTruncated.
