@@ -14,7 +14,7 @@ import (
 // startQEMU runs the host's QEMU with no machine and a QMP socket, for
 // comparing its answers with ours. Missing QEMU skips the test, except under
 // CI=true where it fails.
-func startQEMU(t *testing.T) string {
+func startQEMU(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
