@@ -211,11 +211,11 @@ func (g *lxGuest) loop(timedOut *atomic.Bool, handle func(lxEvent) bool) error {
 					l := string(line)
 					line = line[:0]
 					g.out = append(g.out, l)
-					if strings.Contains(l, "GUEST PANIC") {
-						return fmt.Errorf("guest panic: %s", l)
-					}
 					if handle(lxEvent{line: l}) {
 						return nil
+					}
+					if strings.Contains(l, "GUEST PANIC") {
+						return fmt.Errorf("guest panic: %s", l)
 					}
 				}
 			case io.Port >= 0x3f8 && io.Port <= 0x3ff:
@@ -308,6 +308,7 @@ func TestLinux64EntryUnderKVM(t *testing.T) {
 		if lines[0] != "WASMVMM-GUEST BOOT" || lines[1] != "WASMVMM-GUEST READY cmdline="+cmdline {
 			t.Errorf("first lines %q", lines[:2])
 		}
+		t.Logf("%s\n%s", lines[2], lines[3])
 		if !strings.HasPrefix(lines[2], "GUEST INFO entry=linux64 ") {
 			t.Errorf("info line %q, want entry=linux64", lines[2])
 		}
@@ -385,6 +386,21 @@ func TestLinux64EntryUnderKVM(t *testing.T) {
 		if outs != n {
 			t.Errorf("saw %d writes to port 0x510, want %d", outs, n)
 		}
+	})
+
+	t.Run("fault", func(t *testing.T) {
+		// A ring-3 page fault reaches the kernel's IDT and is reported.
+		g := loadLinux64(t, path, "workload=fault")
+		re := regexp.MustCompile(`^GUEST PANIC exception vector=14 \(#PF\) error=0x4 rip=0x[0-9a-f]+ cr2=0x8000000000 cs=0x23 `)
+		seen := false
+		g.run(t, 30*time.Second, func(ev lxEvent) bool {
+			seen = seen || re.MatchString(ev.line)
+			return strings.HasPrefix(ev.line, "GUEST PANIC regs ") // the report's last line
+		})
+		if !seen {
+			t.Fatalf("no %q in:\n%s", re, strings.Join(g.out, "\n"))
+		}
+		g.run(t, 30*time.Second, func(ev lxEvent) bool { return ev.halted })
 	})
 
 	t.Run("idle", func(t *testing.T) {

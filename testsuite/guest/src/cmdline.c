@@ -130,6 +130,8 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 			cfg->workload = WL_SHUTDOWN;
 		else if (token_is(v, vn, "suspend"))
 			cfg->workload = WL_SUSPEND;
+		else if (token_is(v, vn, "fault"))
+			cfg->workload = WL_FAULT;
 		else
 			fail(cfg, "unknown workload", t, n);
 	} else if (token_is(t, eq, "guest_console")) {

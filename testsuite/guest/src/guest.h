@@ -122,7 +122,7 @@ long sys3(long nr, long a, long b, long c);
 void guest_fatal(const char *msg) __attribute__((noreturn)); /* "GUEST PANIC <msg>", halt */
 
 /* ---- command line (cmdline.c) ---- */
-enum workload { WL_DIRTIER, WL_IDLE, WL_CRASH, WL_PIO_BENCH, WL_SHUTDOWN, WL_SUSPEND };
+enum workload { WL_DIRTIER, WL_IDLE, WL_CRASH, WL_PIO_BENCH, WL_SHUTDOWN, WL_SUSPEND, WL_FAULT };
 
 #define MAX_VIRTIO_MMIO 32
 struct virtio_mmio_dev {

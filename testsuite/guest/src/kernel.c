@@ -18,7 +18,6 @@
  */
 #include "guest.h"
 
-extern char isr_stubs[];
 extern char boot_stack_top[], df_stack_top[], user_stack_top[];
 extern char __image_end[];
 void enter_user(void (*rip)(struct bootinfo *), void *rsp, struct bootinfo *arg)
@@ -88,34 +87,12 @@ static void wrmsr(u32 msr, u64 v)
 }
 
 
-struct __attribute__((packed)) gate {
-	u16 off0, sel;
-	u8 ist, attr;
-	u16 off1;
-	u32 off2, zero;
-};
-/* 256 gates; unused ones stay zero (not present: #NP names the vector). */
-static struct gate idt[256] __attribute__((aligned(16)));
-
-static void set_gate(int v, void *fn, int ist, int dpl)
-{
-	u64 a = (u64)fn;
-	struct gate *g = &idt[v];
-
-	g->off0 = a & 0xffff;
-	g->sel = SEL_KCODE;
-	g->ist = ist;
-	g->attr = 0x8e | (dpl << 5); /* present, 64-bit interrupt gate */
-	g->off1 = (a >> 16) & 0xffff;
-	g->off2 = a >> 32;
-}
+/* The IDT is complete at link time (entry.S): load it. */
+extern char idt[], idt_end[];
 
 static void setup_idt(void)
 {
-	struct desc_ptr p = { sizeof(idt) - 1, (u64)idt };
-
-	for (int v = 0; v < 32; v++)
-		set_gate(v, isr_stubs + 16 * v, v == 8 ? 1 : 0, 0);
+	struct desc_ptr p = { idt_end - idt - 1, (u64)idt };
 	__asm__ volatile("lidt %0" ::"m"(p));
 }
 

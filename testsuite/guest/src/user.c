@@ -226,6 +226,12 @@ void user_main(struct bootinfo *bi)
 		sys3(SYS_HALT, 0, 0, 0);
 		break;
 	}
+	case WL_FAULT:
+		/* An unmapped address (PML4 entry 1 is empty): #PF from ring 3,
+		 * reported by the kernel as GUEST PANIC. */
+		say("GUEST FAULT");
+		(void)*(volatile u8 *)(512 * GiB);
+		break;
 	case WL_SUSPEND:
 		run_dirtier(bi, &cfg, 1);
 	case WL_DIRTIER:
