@@ -8,10 +8,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"wasmvmm/host/machine"
 	"wasmvmm/host/machine/config"
@@ -220,6 +223,9 @@ func newestMachineType(c *config.Catalog) string {
 // runVM builds and runs the VM until it stops; the returned code is the
 // process exit status.
 func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.Reader, stdout, stderr io.Writer, log hclog.Logger) (int, error) {
+	start := processStart()
+	phase := func(name string) { log.Debug("startup", "phase", name, "since_process_start", time.Since(start)) }
+	phase("main")
 	l := discoverLayout(f.pluginDir)
 	if err := applyFlags(vm, f, demo, &l); err != nil {
 		return 2, err
@@ -249,10 +255,12 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	if err != nil {
 		return 1, err
 	}
+	phase("config")
 	rt, err := plugin.NewRuntime(ctx, plugin.Config{Logger: log.Named("plugin")})
 	if err != nil {
 		return 1, err
 	}
+	phase("plugin runtime")
 	defer rt.Close(context.Background())
 
 	console := newConsole(stdin, stdout, stderr)
@@ -272,6 +280,7 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		return 1, err
 	}
 	defer m.Close()
+	phase("machine built")
 	if len(f.incoming) > 0 {
 		return 1, errors.New("--incoming: migration is not available in this build yet")
 	}
@@ -283,6 +292,7 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	if err := m.Start(f.paused); err != nil {
 		return 1, err
 	}
+	phase("vcpus started")
 	select {
 	case <-m.Done():
 	case <-ctx.Done():
@@ -345,4 +355,32 @@ func cmdBuildPlugins(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s\t%s\n", name, path)
 	}
 	return 0
+}
+
+// processStart returns when this process started, from /proc/self/stat,
+// falling back to now.
+func processStart() time.Time {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return time.Now()
+	}
+	// Field 22 (starttime, clock ticks since boot) follows the command in
+	// parentheses, which may contain spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 {
+		return time.Now()
+	}
+	ticks, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return time.Now()
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return time.Now()
+	}
+	const hz = 100 // USER_HZ on Linux
+	sinceBoot := time.Duration(ts.Nano())
+	started := time.Duration(ticks) * time.Second / hz
+	return time.Now().Add(started - sinceBoot)
 }
