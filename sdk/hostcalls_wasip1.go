@@ -2,9 +2,11 @@
 
 package sdk
 
+//lint:file-ignore U1000 every host import is declared, used or not
+
 // The host imports of module wasmvmm:host@1 (abi.HostFunctions), one Go
 // declaration each. hostcalls_other.go mirrors them for other platforms, and
-// hostcalls_test.go checks these declarations against the ABI.
+// abi_test.go checks these declarations against the ABI.
 
 import "unsafe"
 
