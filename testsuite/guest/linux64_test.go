@@ -405,6 +405,17 @@ func TestLinux64EntryUnderKVM(t *testing.T) {
 		g.run(t, 30*time.Second, func(ev lxEvent) bool { return ev.halted })
 	})
 
+	t.Run("pio-console", func(t *testing.T) {
+		// Every UART access of ring 3 goes through the #GP handler.
+		cmdline := "workload=idle guest_console=pio"
+		g := loadLinux64(t, path, cmdline)
+		g.run(t, 30*time.Second, func(ev lxEvent) bool { return ev.halted })
+		if len(g.out) < 3 || g.out[1] != "WASMVMM-GUEST READY cmdline="+cmdline ||
+			!strings.HasSuffix(g.out[2], " console=pio") || g.out[len(g.out)-1] != "GUEST IDLE" {
+			t.Errorf("output:\n%s", strings.Join(g.out, "\n"))
+		}
+	})
+
 	t.Run("idle", func(t *testing.T) {
 		g := loadLinux64(t, path, "workload=idle")
 		g.run(t, 30*time.Second, func(ev lxEvent) bool { return ev.halted })
