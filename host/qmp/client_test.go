@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -83,5 +84,35 @@ func TestClient(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestClientHandshakeHonoursContext(t *testing.T) {
+	// A listener that accepts and never greets.
+	path := t.TempDir() + "/silent.sock"
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	c, err := Dial(ctx, path)
+	if err == nil {
+		c.Close()
+		t.Fatal("Dial succeeded without a greeting")
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Fatalf("Dial returned after %v, long past its context", waited)
 	}
 }
