@@ -136,7 +136,7 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 			fail(cfg, "unknown workload", t, n);
 	} else if (token_is(t, eq, "guest_console")) {
 		if (token_is(v, vn, "pio"))
-			cfg->console_pio = 0;
+			cfg->console_pio = 1;
 		else if (token_is(v, vn, "syscall"))
 			cfg->console_pio = 0;
 		else
