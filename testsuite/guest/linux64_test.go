@@ -365,6 +365,38 @@ func TestLinux64EntryUnderKVM(t *testing.T) {
 		}
 	})
 
+	t.Run("suspend", func(t *testing.T) {
+		// After pass 1: GUEST SUSPEND, the S3 write with every page == 1,
+		// then the dirtier goes on once the write returns.
+		const start, end = 16 << 20, 20 << 20
+		g := loadLinux64(t, path, "workload=suspend dirty_end=20M")
+		suspended := false
+		g.run(t, 30*time.Second, func(ev lxEvent) bool {
+			if ev.ioPort != 0 {
+				if ev.ioPort != 0x604 || ev.ioSize != 2 || ev.ioValue != 0x2400 {
+					t.Fatalf("port write %#x size %d value %#x, want 0x604 size 2 value 0x2400", ev.ioPort, ev.ioSize, ev.ioValue)
+				}
+				if v, prefix, err := stepPattern(g.mem, start, end); err != nil || v != 1 || prefix != 0 {
+					t.Fatalf("at the S3 write: value %d prefix %d err %v, want all pages == 1", v, prefix, err)
+				}
+				suspended = true
+			}
+			return ev.line == "DIRTY pass=2"
+		})
+		want := []string{"DIRTY pass=1", "GUEST SUSPEND", "GUEST RESUMED", "DIRTY pass=2"}
+		if !suspended || strings.Join(g.out[len(g.out)-4:], "|") != strings.Join(want, "|") {
+			t.Errorf("suspended=%v, output:\n%s", suspended, strings.Join(g.out, "\n"))
+		}
+	})
+
+	t.Run("bad-cmdline", func(t *testing.T) {
+		g := loadLinux64(t, path, "marker_every=0")
+		g.allowPanic = true
+		g.run(t, 30*time.Second, func(ev lxEvent) bool {
+			return ev.line == "GUEST PANIC bad command line: marker_every must be > 0: marker_every=0"
+		})
+	})
+
 	t.Run("crash", func(t *testing.T) {
 		g := loadLinux64(t, path, "workload=crash")
 		g.run(t, 30*time.Second, func(ev lxEvent) bool { return ev.shutdown })
