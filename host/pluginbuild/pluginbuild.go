@@ -141,9 +141,11 @@ func Ensure(ctx context.Context, repoRoot, outDir string) (map[string]string, er
 	return paths, nil
 }
 
-// Build is Ensure with a report of what was rebuilt. Concurrent callers on
-// the same outDir (other test processes) are serialized by a lock file.
-func Build(ctx context.Context, repoRoot, outDir string) ([]Result, error) {
+// Build is Ensure with a report of what was rebuilt. With names, it builds
+// only those plugins (an unknown name is an error listing the plugins
+// there are). Concurrent callers on the same outDir (other test processes)
+// are serialized by a lock file.
+func Build(ctx context.Context, repoRoot, outDir string, names ...string) ([]Result, error) {
 	repoRoot, err := filepath.Abs(repoRoot)
 	if err != nil {
 		return nil, fmt.Errorf("build plugins: %w", err)
@@ -155,6 +157,11 @@ func Build(ctx context.Context, repoRoot, outDir string) ([]Result, error) {
 	plugins, err := Discover(repoRoot)
 	if err != nil {
 		return nil, err
+	}
+	if len(names) != 0 {
+		if plugins, err = selectPlugins(plugins, names); err != nil {
+			return nil, err
+		}
 	}
 	if len(plugins) == 0 {
 		return nil, nil
@@ -195,6 +202,24 @@ func Build(ctx context.Context, repoRoot, outDir string) ([]Result, error) {
 		results = append(results, r)
 	}
 	return results, nil
+}
+
+func selectPlugins(all []Plugin, names []string) ([]Plugin, error) {
+	byName := map[string]Plugin{}
+	var known []string
+	for _, p := range all {
+		byName[p.Name] = p
+		known = append(known, p.Name)
+	}
+	var out []Plugin
+	for _, n := range names {
+		p, ok := byName[n]
+		if !ok {
+			return nil, fmt.Errorf("build plugins: no plugin %q under plugins/ (there are: %s)", n, strings.Join(known, ", "))
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func lockDir(dir string) (func(), error) {

@@ -188,6 +188,23 @@ func TestBuildRebuildsOnlyWhenStale(t *testing.T) {
 	}
 }
 
+func TestBuildSelected(t *testing.T) {
+	requireGo(t)
+	root := miniRepo(t)
+	write(t, filepath.Join(root, "plugins", "broken", "main.go"), "package main\n\nfunc main() { undefinedThing() }\n")
+	res, err := Build(context.Background(), root, t.TempDir(), "tiny@v2")
+	if err != nil {
+		t.Fatalf("building one plugin failed on another: %v", err)
+	}
+	if len(res) != 1 || res[0].Name != "tiny@v2" {
+		t.Fatalf("Build(tiny@v2) = %+v", res)
+	}
+	_, err = Build(context.Background(), root, t.TempDir(), "nosuch")
+	if err == nil || !strings.Contains(err.Error(), `"nosuch"`) || !strings.Contains(err.Error(), "tiny, tiny@v2") {
+		t.Fatalf("unknown plugin: %v", err)
+	}
+}
+
 func TestBuildErrorNamesPlugin(t *testing.T) {
 	requireGo(t)
 	root := miniRepo(t)

@@ -200,15 +200,14 @@ var builtPlugin = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	paths, err := pluginbuild.Ensure(context.Background(), root, out)
+	res, err := pluginbuild.Build(context.Background(), root, out, "serial-16550")
 	if err != nil {
 		return "", err
 	}
-	p, ok := paths["serial-16550"]
-	if !ok {
+	if len(res) != 1 {
 		return "", errors.New("pluginbuild did not build serial-16550")
 	}
-	return p, nil
+	return res[0].Path, nil
 })
 
 // rig is one UART instance and its machine side.
@@ -951,4 +950,35 @@ func TestLoadRejectsCorruptFIFO(t *testing.T) {
 		}
 	}
 	_ = subs
+}
+
+// TestRegisterPathsDoNotAllocate runs the register handlers natively (the
+// SDK's host calls are stand-ins on this platform) and counts allocations:
+// guest register accesses must not allocate.
+func TestRegisterPathsDoNotAllocate(t *testing.T) {
+	u := &uart{}
+	u.Reset()
+	u.write(regLCR, 0x03)
+	u.write(regIIR, fcrEnable|0x40)
+	u.write(regIER, ierRDI|ierTHRI|ierRLSI|ierMSI)
+	u.write(regMCR, mcrLoop|mcrOUT2)
+	allocs := testing.AllocsPerRun(1000, func() {
+		for _, c := range []byte("abcd") {
+			u.PIOWrite(0, regRBR, 1, uint32(c))
+		}
+		u.PIORead(0, regIIR, 1)
+		u.PIORead(0, regLSR, 1)
+		u.PIORead(0, regMSR, 1)
+		for i := 0; i < 4; i++ {
+			u.PIORead(0, regRBR, 1)
+		}
+		u.PIOWrite(0, regSCR, 1, 7)
+		u.TimerFired(timerTimeout)
+	})
+	if allocs != 0 {
+		t.Fatalf("register accesses allocate %v times per run", allocs)
+	}
+	if got := queues.RX.Count; got != 0 {
+		t.Fatalf("loopback left %d bytes", got)
+	}
 }
