@@ -173,10 +173,16 @@ func spacedHex(b []byte) string {
 	return string(s)
 }
 
+// jsonEqual compares two values as JSON, ignoring object key order.
 func jsonEqual(a, b any) bool {
-	x, _ := json.Marshal(a)
-	y, _ := json.Marshal(b)
-	return bytes.Equal(x, y)
+	norm := func(v any) []byte {
+		x, _ := json.Marshal(v)
+		var g any
+		json.Unmarshal(x, &g)
+		y, _ := json.Marshal(g)
+		return y
+	}
+	return bytes.Equal(norm(a), norm(b))
 }
 
 func keys[V any](m map[string]V) []string {

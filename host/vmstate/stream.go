@@ -85,3 +85,34 @@ func (r *streamReader) discard(n int) {
 	d, _ := r.br.Discard(n)
 	r.off += int64(d)
 }
+
+// readVar reads n bytes, growing the result as data arrives so that a
+// bogus length cannot allocate more than the stream holds.
+func (r *streamReader) readVar(n int64) ([]byte, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("negative length %d", n)
+	}
+	var out []byte
+	for int64(len(out)) < n {
+		chunk := min(n-int64(len(out)), 1<<20)
+		start := len(out)
+		out = append(out, make([]byte, chunk)...)
+		if err := r.full(out[start:]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// skip consumes n bytes.
+func (r *streamReader) skip(n int64) (int64, error) {
+	d, err := r.br.Discard(int(n))
+	r.off += int64(d)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return int64(d), fmt.Errorf("%w: need %d bytes, the stream ends after %d", ErrTruncated, n, d)
+		}
+		return int64(d), fmt.Errorf("read: %w", err)
+	}
+	return int64(d), nil
+}
