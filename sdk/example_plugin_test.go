@@ -23,9 +23,10 @@ import (
 )
 
 type exampleHost struct {
-	clock *plugin.VMClock
-	mu    sync.Mutex
-	level bool
+	clock  *plugin.VMClock
+	mu     sync.Mutex
+	level  bool
+	raises int
 }
 
 func (h *exampleHost) Memory() *guestmem.Memory { return nil }
@@ -36,9 +37,18 @@ func (h *exampleHost) Backend(abi.BackendKind, string) (plugin.Backend, error) {
 
 func (h *exampleHost) SetIRQ(line int, level bool) error {
 	h.mu.Lock()
+	if level && !h.level {
+		h.raises++
+	}
 	h.level = level
 	h.mu.Unlock()
 	return nil
+}
+
+func (h *exampleHost) raiseCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.raises
 }
 
 func (h *exampleHost) irq() bool {

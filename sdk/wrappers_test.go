@@ -23,12 +23,15 @@ import (
 
 // image is a block backend over a file's bytes held in memory.
 type image struct {
+	fd      int // a real descriptor for fd_preserve
 	mu      sync.Mutex
 	data    []byte
 	flushes int
 }
 
 func (m *image) Kind() abi.BackendKind { return abi.BackendBlock }
+
+func (m *image) FD() int { return m.fd }
 
 func (m *image) PreadSG(bufs [][]byte, off int64) (int, error) {
 	m.mu.Lock()
@@ -124,10 +127,16 @@ func TestHostWrappers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.Close()
-	host := &wrapHost{exampleHost: exampleHost{clock: plugin.NewVMClock(true)}, mem: mem, disk: &image{data: make([]byte, 4096)}}
+	file, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	host := &wrapHost{exampleHost: exampleHost{clock: plugin.NewVMClock(true)}, mem: mem, disk: &image{fd: int(file.Fd()), data: make([]byte, 4096)}}
 	logs := &syncBuffer{}
 	migration := plugin.NewMigrationRegistry()
-	inst, err := mod.Instantiate(ctx, plugin.InstanceConfig{Name: "wrap0", Host: host, Migration: migration,
+	preserved := plugin.NewFDRegistry()
+	inst, err := mod.Instantiate(ctx, plugin.InstanceConfig{Name: "wrap0", Host: host, Migration: migration, Preserved: preserved,
 		Logger: hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug})})
 	if err != nil {
 		t.Fatal(err)
@@ -186,6 +195,20 @@ func TestHostWrappers(t *testing.T) {
 	host.disk.data[0], host.disk.data[1030] = 1, 1
 	if r, _ := run(12); r != 1 || host.disk.flushes != 1 || host.disk.data[0] != 0 || host.disk.data[1030] != 0 {
 		t.Fatalf("Flush/Discard/WriteZeroes: %d, flushes %d", int64(r), host.disk.flushes)
+	}
+
+	// Interrupt pulse and fd preservation.
+	if r, _ := run(15); r != 0 || host.raiseCount() != 1 || host.irq() {
+		t.Fatalf("Pulse: status %d, raises %d, level %v", int64(r), host.raiseCount(), host.irq())
+	}
+	if r, _ := run(16); r != 0 {
+		t.Fatalf("PreserveFD: status %d", int64(r))
+	}
+	if p := preserved.Preserved(); len(p) != 1 || p[0].Name != "disk-image" || p[0].ID != 7 || p[0].BackendName != "disk" {
+		t.Fatalf("preserved: %+v", p)
+	}
+	if r, _ := run(16); int64(r) != int64(abi.ErrExists) {
+		t.Fatalf("PreserveFD twice: status %d", int64(r))
 	}
 
 	// Timer: fires after its deadline on the VM clock.

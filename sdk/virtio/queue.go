@@ -3,8 +3,6 @@ package virtio
 import (
 	"errors"
 	"fmt"
-
-	"wasmvmm/abi"
 )
 
 // Queue is one split virtqueue of a transport. Its state lives in the
@@ -203,5 +201,3 @@ func (q *Queue) check() error {
 	}
 	return nil
 }
-
-var _ = abi.LogWarn

@@ -322,10 +322,10 @@ func (t *Transport) MMIOWrite(offset uint64, size int, v uint64) {
 			return
 		}
 		if offset == RegQueueNum {
-			q.st.Num = uint16(min(val, 0xffff))
-			if val > 0xffff {
-				q.st.Num = 0 // refused when the queue is enabled
+			if val > MaxQueueSize {
+				val = 0 // refused when the queue is enabled
 			}
+			q.st.Num = uint16(val)
 			return
 		}
 		q.setAddrReg(offset, val)

@@ -31,6 +31,8 @@ const (
 	cmdBlockOps      = 12 // disk: Flush, Discard(0,512), WriteZeroes(1024,16): result 1 if all ok
 	cmdNow           = 13 // result Now()
 	cmdVetoOn        = 14 // MigrationEvent(setup) fails from now on
+	cmdPulse         = 15 // IRQ(0).Pulse
+	cmdPreserve      = 16 // disk.PreserveFD("disk-image", 7)
 )
 
 var (
@@ -164,6 +166,10 @@ func (device) MMIOWrite(_ sdk.Region, off uint64, _ int, v uint64) {
 		result = uint64(sdk.Now())
 	case cmdVetoOn:
 		veto = true
+	case cmdPulse:
+		result = status(sdk.IRQ(0).Pulse())
+	case cmdPreserve:
+		result = status(disk.PreserveFD("disk-image", 7))
 	}
 }
 
