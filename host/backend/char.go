@@ -45,8 +45,9 @@ type Char struct {
 	closed bool
 	fd     int
 
-	closers []io.Closer
-	wg      sync.WaitGroup
+	closers    []io.Closer
+	afterClose []func() // run once the goroutines have stopped
+	wg         sync.WaitGroup
 }
 
 func newChar(name string) *Char {
@@ -221,6 +222,9 @@ func (c *Char) Close() error {
 		}
 	}
 	c.wg.Wait()
+	for _, f := range c.afterClose {
+		f()
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("backend %s: close: %w", c.name, err)
 	}

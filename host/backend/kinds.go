@@ -41,6 +41,7 @@ func NewStdio(name string, in, out *os.File) *Char {
 			}
 			return nil
 		}))
+		c.afterClose = append(c.afterClose, func() { _ = in.SetReadDeadline(time.Time{}) })
 		c.start(in)
 	} else {
 		c.start(nil)

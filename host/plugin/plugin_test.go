@@ -197,7 +197,7 @@ func TestEchoLifecycle(t *testing.T) {
 	}
 	var dirty [4]uint64
 	h.mem.Blocks()[0].TakeDirty(dirty[:]) // clear
-	inst.MMIOWrite(1, 0x100, 8, 0x5ff8)  // straddles pages 5 and 6
+	inst.MMIOWrite(1, 0x100, 8, 0x5ff8)   // straddles pages 5 and 6
 	inst.MMIOWrite(1, 0x110, 8, 16)
 	if st := int64(inst.MMIORead(1, 0x118, 8)); st != 0 {
 		t.Fatalf("guest_write status %d", st)
