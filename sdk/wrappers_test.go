@@ -66,10 +66,46 @@ func (m *image) WriteZeroes(off, n int64) error {
 
 func (m *image) Size() (int64, error) { return int64(len(m.data)), nil }
 
+// link is a net backend holding frames in memory.
+type link struct {
+	mu       sync.Mutex
+	sent     [][]byte
+	incoming [][]byte
+}
+
+func (l *link) Kind() abi.BackendKind { return abi.BackendNet }
+
+func (l *link) SendSG(bufs [][]byte) (int, error) {
+	var frame []byte
+	for _, b := range bufs {
+		frame = append(frame, b...)
+	}
+	l.mu.Lock()
+	l.sent = append(l.sent, frame)
+	l.mu.Unlock()
+	return len(frame), nil
+}
+
+func (l *link) RecvSG(bufs [][]byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.incoming) == 0 {
+		return 0, plugin.ErrWouldBlock
+	}
+	frame := l.incoming[0]
+	l.incoming = l.incoming[1:]
+	rest := frame
+	for _, b := range bufs {
+		rest = rest[copy(b, rest):]
+	}
+	return len(frame), nil
+}
+
 type wrapHost struct {
 	exampleHost
 	mem  *guestmem.Memory
 	disk *image
+	net  *link
 }
 
 func (h *wrapHost) Memory() *guestmem.Memory { return h.mem }
@@ -77,6 +113,9 @@ func (h *wrapHost) Memory() *guestmem.Memory { return h.mem }
 func (h *wrapHost) Backend(kind abi.BackendKind, name string) (plugin.Backend, error) {
 	if name == "disk" && kind == abi.BackendBlock {
 		return h.disk, nil
+	}
+	if name == "net" && kind == abi.BackendNet {
+		return h.net, nil
 	}
 	return nil, plugin.ErrNoBackend
 }
@@ -132,7 +171,8 @@ func TestHostWrappers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer file.Close()
-	host := &wrapHost{exampleHost: exampleHost{clock: plugin.NewVMClock(true)}, mem: mem, disk: &image{fd: int(file.Fd()), data: make([]byte, 4096)}}
+	host := &wrapHost{exampleHost: exampleHost{clock: plugin.NewVMClock(true)}, mem: mem,
+		disk: &image{fd: int(file.Fd()), data: make([]byte, 4096)}, net: &link{}}
 	logs := &syncBuffer{}
 	migration := plugin.NewMigrationRegistry()
 	preserved := plugin.NewFDRegistry()
@@ -195,6 +235,22 @@ func TestHostWrappers(t *testing.T) {
 	host.disk.data[0], host.disk.data[1030] = 1, 1
 	if r, _ := run(12); r != 1 || host.disk.flushes != 1 || host.disk.data[0] != 0 || host.disk.data[1030] != 0 {
 		t.Fatalf("Flush/Discard/WriteZeroes: %d, flushes %d", int64(r), host.disk.flushes)
+	}
+
+	// Net backend: frames gathered from and scattered to guest memory,
+	// with the skipped header bytes.
+	copy(block.Mem[0x3000:], "HDframe!")
+	if n, _ := run(17); n != 6 || len(host.net.sent) != 1 || string(host.net.sent[0]) != "frame!" {
+		t.Fatalf("SendSG: %d, sent %q", int64(n), host.net.sent)
+	}
+	if r, _ := run(18); int64(r) != int64(abi.ErrAgain) {
+		t.Fatalf("RecvSG with nothing waiting: %d", int64(r))
+	}
+	host.net.mu.Lock()
+	host.net.incoming = append(host.net.incoming, []byte("incoming"))
+	host.net.mu.Unlock()
+	if n, _ := run(18); n != 8 || string(block.Mem[0x5004:0x500c]) != "incoming" {
+		t.Fatalf("RecvSG: %d, guest %q", int64(n), block.Mem[0x5000:0x5010])
 	}
 
 	// Interrupt pulse and fd preservation.

@@ -33,12 +33,14 @@ const (
 	cmdVetoOn        = 14 // MigrationEvent(setup) fails from now on
 	cmdPulse         = 15 // IRQ(0).Pulse
 	cmdPreserve      = 16 // disk.PreserveFD("disk-image", 7)
+	cmdNetSend       = 17 // net: SendSG of guest 0x3000 (8 bytes) skipping 2: result bytes sent
+	cmdNetRecv       = 18 // net: RecvSG into guest 0x5000 (16 bytes) after 4: result frame length
 )
 
 var (
 	result, result2 uint64
 	blocker         sdk.Blocker
-	disk            *sdk.Backend
+	disk, net       *sdk.Backend
 	veto            bool
 	sg              [2]sdk.SGEntry
 	buf             [64]byte
@@ -55,6 +57,9 @@ func (device) Realize(r *sdk.Realizer) error {
 		return err
 	}
 	disk = b
+	if net, err = sdk.OpenBackend(abi.BackendNet, "net"); err != nil && !errors.Is(err, abi.ErrNotFound) {
+		return err
+	}
 	return nil
 }
 
@@ -170,6 +175,20 @@ func (device) MMIOWrite(_ sdk.Region, off uint64, _ int, v uint64) {
 		result = status(sdk.IRQ(0).Pulse())
 	case cmdPreserve:
 		result = status(disk.PreserveFD("disk-image", 7))
+	case cmdNetSend:
+		sg[0] = sdk.SGEntry{GPA: 0x3000, Len: 8}
+		n, err := net.SendSG(sg[:1], 2)
+		result = uint64(n)
+		if err != nil {
+			result = status(err)
+		}
+	case cmdNetRecv:
+		sg[0] = sdk.SGEntry{GPA: 0x5000, Len: 16}
+		n, err := net.RecvSG(sg[:1], 4)
+		result = uint64(n)
+		if err != nil {
+			result = status(err)
+		}
 	}
 }
 
