@@ -212,7 +212,7 @@ var builtPlugin = sync.OnceValues(func() (string, error) {
 
 // rig is one UART instance and its machine side.
 type rig struct {
-	t    *testing.T
+	t    testing.TB
 	inst *plugin.Instance
 	host *testHost
 	con  *console
@@ -225,7 +225,7 @@ type rigOptions struct {
 	rt        *plugin.Runtime
 }
 
-func newRuntime(t *testing.T) *plugin.Runtime {
+func newRuntime(t testing.TB) *plugin.Runtime {
 	t.Helper()
 	rt, err := plugin.NewRuntime(context.Background(), plugin.Config{})
 	if err != nil {
@@ -235,7 +235,7 @@ func newRuntime(t *testing.T) *plugin.Runtime {
 	return rt
 }
 
-func newRig(t *testing.T, opt rigOptions) *rig {
+func newRig(t testing.TB, opt rigOptions) *rig {
 	t.Helper()
 	path, err := builtPlugin()
 	if err != nil {
@@ -981,4 +981,33 @@ func TestRegisterPathsDoNotAllocate(t *testing.T) {
 	if got := queues.RX.Count; got != 0 {
 		t.Fatalf("loopback left %d bytes", got)
 	}
+}
+
+// BenchmarkPIO measures register accesses through host/plugin: a
+// scratch-register write and read, and a THR write that reaches the
+// console backend.
+func BenchmarkPIO(b *testing.B) {
+	r := newRig(b, rigOptions{})
+	r.setup8N1(fcrEnable)
+	b.Run("scratch-write-read", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			r.out(regSCR, uint8(i))
+			if r.in(regSCR) != uint8(i) {
+				b.Fatal("scratch mismatch")
+			}
+		}
+	})
+	b.Run("lsr-read", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			r.in(regLSR)
+		}
+	})
+	b.Run("thr-write-to-console", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			r.out(regRBR, 'x')
+			if i%4096 == 4095 {
+				r.con.take()
+			}
+		}
+	})
 }
