@@ -152,6 +152,7 @@ type Instance struct {
 	// watchdog reads it.
 	seq         atomic.Uint64
 	failed      atomic.Bool
+	failReason  atomic.Pointer[error]
 	deadlineHit atomic.Bool
 	guestErrors atomic.Uint64
 	cancel      context.CancelFunc
@@ -244,6 +245,9 @@ func (m *Module) Instantiate(ctx context.Context, cfg InstanceConfig) (*Instance
 	if r.watch != nil {
 		r.watch.add(i)
 	}
+	r.mu.Lock()
+	r.instances[i] = struct{}{}
+	r.mu.Unlock()
 
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -283,12 +287,10 @@ func (i *Instance) Info() *abi.DeviceInfo { return i.info }
 
 // Err returns why the instance failed, or nil while it works.
 func (i *Instance) Err() error {
-	if !i.failed.Load() {
-		return nil
+	if p := i.failReason.Load(); p != nil {
+		return *p
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return i.failErr
+	return nil
 }
 
 // GuestErrors returns how many guest_load calls hit a bad address.
@@ -653,6 +655,8 @@ func (i *Instance) failLocked(ex export, err error) {
 		i.failErr = errors.New(msg)
 	}
 	i.failed.Store(true)
+	reason := i.failErr
+	i.failReason.Store(&reason)
 	i.log.Error("device failed; it now reads as all ones and ignores writes", "reason", i.failErr, "detail", err.Error())
 	i.shutdownLocked()
 }
@@ -678,6 +682,9 @@ func (i *Instance) shutdownLocked() {
 	if i.rt.watch != nil {
 		i.rt.watch.remove(i)
 	}
+	i.rt.mu.Lock()
+	delete(i.rt.instances, i)
+	i.rt.mu.Unlock()
 	i.cancel()
 	if i.wmod != nil {
 		_ = i.wmod.Close(context.Background())

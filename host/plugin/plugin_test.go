@@ -449,6 +449,25 @@ func TestFailures(t *testing.T) {
 		t.Error("PreSave on a failed instance succeeded")
 	}
 
+	exit := instantiate(t, rt, "trap", h)
+	if err := exit.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	exit.MMIOWrite(1, 0, 4, 1)
+	if err := exit.Err(); err == nil || err.Error() != "device trap0: plugin exited with code 3 in dev_mmio_write" {
+		t.Errorf("proc_exit: %v", err)
+	}
+	panicky := instantiate(t, rt, "trap", h)
+	if err := panicky.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	if v := panicky.PIORead(0, 0, 2); v != 0xffff {
+		t.Errorf("panicking pio read = %#x", v)
+	}
+	if err := panicky.Err(); err == nil || !strings.Contains(err.Error(), `trap in dev_pio_read: wasm error: unreachable after the plugin reported "panic: device on fire`) {
+		t.Errorf("panic: %v", err)
+	}
+
 	loop := instantiate(t, rt, "loop", h)
 	if err := loop.Realize(); err != nil {
 		t.Fatal(err)
@@ -480,8 +499,8 @@ func TestFailures(t *testing.T) {
 			t.Errorf("nothing logged for %s", name)
 		}
 	}
-	if n := logs.count("device failed"); n != 3 {
-		t.Errorf("%d failure log lines, want 3 (one per instance)", n)
+	if n := logs.count("device failed"); n != 5 {
+		t.Errorf("%d failure log lines, want 5 (one per instance)", n)
 	}
 
 	// The runtime and other instances go on.
@@ -600,5 +619,57 @@ func TestFDPreserve(t *testing.T) {
 	p := preserved.Preserved()
 	if len(p) != 1 || p[0].Name != "console-fd" || p[0].ID != 7 || p[0].Device != "uart" || p[0].BackendName != "console" || p[0].Backend != Backend(fb) {
 		t.Errorf("preserved %+v", p)
+	}
+}
+
+func TestHotPathAllocations(t *testing.T) {
+	// Without termination checks no allocation happens per call on either
+	// side; with them, wazero allocates for its per-call watcher goroutine.
+	rt, _ := newTestRuntime(t, Config{NoDeadline: true})
+	inst := instantiate(t, rt, "echo", newTestHost(t, 1<<16))
+	if err := inst.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range map[string]func(){
+		"MMIORead":  func() { inst.MMIORead(1, 8, 4) },
+		"MMIOWrite": func() { inst.MMIOWrite(1, 8, 4, 1) },
+		"PIORead":   func() { inst.PIORead(0, 1, 1) },
+		"PIOWrite":  func() { inst.PIOWrite(0, 1, 1, 1) },
+	} {
+		if n := testing.AllocsPerRun(1000, f); n != 0 {
+			t.Errorf("%s allocates %.1f times per call", name, n)
+		}
+	}
+}
+
+func TestRuntimeCloseClosesInstances(t *testing.T) {
+	rt, err := NewRuntime(context.Background(), Config{CacheDir: cacheRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newTestHost(t, 1<<16)
+	m, err := rt.Load(context.Background(), pluginPath("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := m.Instantiate(context.Background(), InstanceConfig{Name: "e", Host: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	inst.MMIOWrite(1, 0x300, 8, uint64(time.Hour)) // a pending timer
+	if err := rt.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := inst.MMIORead(1, 0, 4); v != 0xffffffff {
+		t.Errorf("read after runtime close = %#x", v)
+	}
+	if inst.Err() != nil {
+		t.Errorf("a closed (not failed) instance reports %v", inst.Err())
+	}
+	if _, err := rt.Load(context.Background(), pluginPath("echo")); err == nil {
+		t.Error("load after close succeeded")
 	}
 }

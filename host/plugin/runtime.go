@@ -84,7 +84,8 @@ type Runtime struct {
 	cache wazero.CompilationCache
 
 	mu      sync.Mutex
-	modules map[string]*Module // by path + content hash
+	modules   map[string]*Module // by path + content hash
+	instances map[*Instance]struct{}
 	nextID  uint64
 	closed  bool
 
@@ -111,7 +112,7 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 	rc := wazero.NewRuntimeConfigCompiler().
 		WithMemoryLimitPages(cfg.MemoryLimitPages).
 		WithCloseOnContextDone(cfg.deadlineMode != deadlineNone)
-	r := &Runtime{cfg: cfg, log: cfg.Logger.Named("plugin"), modules: map[string]*Module{}}
+	r := &Runtime{cfg: cfg, log: cfg.Logger.Named("plugin"), modules: map[string]*Module{}, instances: map[*Instance]struct{}{}}
 	if !cfg.NoCache {
 		dir, err := cacheDir(cfg.CacheDir)
 		if err != nil {
@@ -157,7 +158,14 @@ func (r *Runtime) Close(ctx context.Context) error {
 		return nil
 	}
 	r.closed = true
+	insts := make([]*Instance, 0, len(r.instances))
+	for i := range r.instances {
+		insts = append(insts, i)
+	}
 	r.mu.Unlock()
+	for _, i := range insts {
+		i.Close()
+	}
 	if r.watch != nil {
 		r.watch.stop()
 	}
