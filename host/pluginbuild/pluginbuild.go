@@ -9,9 +9,14 @@
 //
 // A plugin is stale when the stamp file next to its .wasm
 // (<name>.wasm.stamp) does not hold the current build key: a SHA-256 over
-// the Go toolchain version, GOFLAGS, go.mod, go.sum and the name and
-// content of every file of every package of this module the plugin depends
-// on (as `go list -deps` reports them for GOOS=wasip1 GOARCH=wasm).
+// the Go toolchain version, GOFLAGS, the build flags, go.mod, go.sum, and
+// the name and content of every file of every non-standard package the
+// plugin depends on (as `go list -deps` reports them for GOOS=wasip1
+// GOARCH=wasm). Only content counts: touching a file without changing it
+// does not rebuild.
+//
+// The CLI's build-plugins command is Ensure(ctx, repoRoot, outDir); tests
+// use Build with a plugin name to build just what they load.
 package pluginbuild
 
 import (
@@ -245,6 +250,11 @@ func upToDate(wasm, key string) bool {
 	return err == nil && strings.TrimSpace(string(stamp)) == key
 }
 
+// buildFlags are the go build flags of every plugin (part of the build key).
+func buildFlags() []string {
+	return []string{"-buildmode=c-shared", "-trimpath", "-buildvcs=false"}
+}
+
 // wasmEnv is the environment of go list and go build for plugins.
 func wasmEnv() []string {
 	return append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
@@ -259,8 +269,9 @@ func buildOne(ctx context.Context, goBin, repoRoot string, p Plugin, out string)
 	tmp.Close()
 	defer os.Remove(tmpName) // no-op after the rename
 
-	cmd := exec.CommandContext(ctx, goBin, "build", "-buildmode=c-shared", "-trimpath", "-buildvcs=false",
-		"-o", tmpName, "./"+relSlash(repoRoot, p.Dir))
+	args := append([]string{"build"}, buildFlags()...)
+	args = append(args, "-o", tmpName, "./"+relSlash(repoRoot, p.Dir))
+	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = repoRoot
 	cmd.Env = wasmEnv()
 	if output, err := cmd.CombinedOutput(); err != nil {
@@ -327,7 +338,7 @@ func buildKeys(ctx context.Context, goBin, repoRoot string, plugins []Plugin) (m
 	}
 
 	common := sha256.New()
-	fmt.Fprintf(common, "go %s\nGOFLAGS=%s\n", bytes.TrimSpace(version), os.Getenv("GOFLAGS"))
+	fmt.Fprintf(common, "go %s\nGOFLAGS=%s\nflags %q\n", bytes.TrimSpace(version), os.Getenv("GOFLAGS"), buildFlags())
 	for _, f := range []string{"go.mod", "go.sum"} {
 		if err := hashFile(common, filepath.Join(repoRoot, f), f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("build plugins: %w", err)
