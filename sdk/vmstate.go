@@ -36,12 +36,17 @@ func MinimumVersion(v uint32) Option {
 	return optionFunc(func(c *sectionConfig) { c.minVersion, c.minSet = v, true })
 }
 
+// instanceOption sets the section's instance id.
+type instanceOption int32
+
+func (o instanceOption) apply(c *sectionConfig) { c.instance = int32(o) }
+
 // Instance sets a fixed instance id for the section.
-func Instance(id int32) Option { return optionFunc(func(c *sectionConfig) { c.instance = id }) }
+func Instance(id int32) Option { return instanceOption(id) }
 
 // InstanceAny asks the host for the next free instance id for the section's
 // name. It is the default.
-var InstanceAny Option = optionFunc(func(c *sectionConfig) { c.instance = abi.InstanceAny })
+const InstanceAny = instanceOption(abi.InstanceAny)
 
 // Section is a vmstate section built from a Go struct by reflection. The
 // struct must stay at a fixed address for the life of the plugin: use a
