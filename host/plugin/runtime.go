@@ -83,11 +83,11 @@ type Runtime struct {
 	rt    wazero.Runtime
 	cache wazero.CompilationCache
 
-	mu      sync.Mutex
+	mu        sync.Mutex
 	modules   map[string]*Module // by path + content hash
 	instances map[*Instance]struct{}
-	nextID  uint64
-	closed  bool
+	nextID    uint64
+	closed    bool
 
 	watch *watchdog
 }

@@ -62,6 +62,30 @@ func backendRead(id, ptr, n uint32) int64
 //go:wasmimport wasmvmm:host@1 backend_write
 func backendWrite(id, ptr, n uint32) int64
 
+//go:wasmimport wasmvmm:host@1 backend_send_sg
+func backendSendSG(id, sgPtr, sgCount, skip uint32) int64
+
+//go:wasmimport wasmvmm:host@1 backend_recv_sg
+func backendRecvSG(id, sgPtr, sgCount, skip uint32) int64
+
+//go:wasmimport wasmvmm:host@1 backend_pread_sg
+func backendPreadSG(id uint32, off uint64, sgPtr, sgCount uint32) int64
+
+//go:wasmimport wasmvmm:host@1 backend_pwrite_sg
+func backendPwriteSG(id uint32, off uint64, sgPtr, sgCount uint32) int64
+
+//go:wasmimport wasmvmm:host@1 backend_flush
+func backendFlush(id uint32) int32
+
+//go:wasmimport wasmvmm:host@1 backend_discard
+func backendDiscard(id uint32, off, n uint64) int32
+
+//go:wasmimport wasmvmm:host@1 backend_write_zeroes
+func backendWriteZeroes(id uint32, off, n uint64) int32
+
+//go:wasmimport wasmvmm:host@1 backend_size
+func backendSize(id uint32) int64
+
 //go:wasmimport wasmvmm:host@1 vmstate_register
 func vmstateRegister(ptr, n uint32) int32
 
@@ -113,6 +137,8 @@ type State struct {
 	InBuf       [64]byte
 	InLen       uint32
 	Console     int32
+	Disk        int32
+	Net         int32
 	Blocker     int32
 	Events      uint32
 	PropWidth   uint64
@@ -214,6 +240,10 @@ func defaultRealize() int32 {
 			return st
 		}
 	}
+	np, nl = strPtr("disk")
+	S.Disk = backendOpen(uint32(abi.BackendBlock), np, nl)
+	np, nl = strPtr("net")
+	S.Net = backendOpen(uint32(abi.BackendNet), np, nl)
 	if st := RegisterSection(Section()); st != 0 {
 		return st
 	}
@@ -278,6 +308,8 @@ func defaultMMIOWrite(region int32, off int64, size int32, v int64) {
 		putU64(sg[0:], S.GPA)
 		putU32(sg[8:], uint32(v))
 		S.LastStatus = guestReadSG(bytesPtr(sg[:]), 1, bytesPtr(S.Scratch[:]), uint32(len(S.Scratch)))
+	case off >= 0x900 && off < 0x940:
+		S.LastStatus = blockNet(off, uint64(v))
 	case off == 0x200:
 		S.LastStatus = int64(irqSet(0, uint32(v&1)))
 	case off == 0x300:
@@ -308,6 +340,38 @@ func defaultMMIOWrite(region int32, off int64, size int32, v int64) {
 	case off >= 0x800 && off < 0x900:
 		S.Scratch[off-0x800] = byte(v)
 	}
+}
+
+// blockNet runs a block or net backend call on a two-entry scatter-gather
+// list: [GPA, Len/2) and [GPA+0x1000, +Len-Len/2).
+func blockNet(off int64, v uint64) int64 {
+	var sg [32]byte
+	half := S.Len / 2
+	putU64(sg[0:], S.GPA)
+	putU32(sg[8:], half)
+	putU64(sg[16:], S.GPA+0x1000)
+	putU32(sg[24:], S.Len-half)
+	p := bytesPtr(sg[:])
+	disk, net := uint32(S.Disk), uint32(S.Net)
+	switch off {
+	case 0x900:
+		return backendPreadSG(disk, v, p, 2)
+	case 0x908:
+		return backendPwriteSG(disk, v, p, 2)
+	case 0x910:
+		return int64(backendFlush(disk))
+	case 0x918:
+		return backendSize(disk)
+	case 0x920:
+		return int64(backendDiscard(disk, 0, v))
+	case 0x928:
+		return int64(backendWriteZeroes(disk, 0, v))
+	case 0x930:
+		return backendSendSG(net, p, 2, uint32(v))
+	case 0x938:
+		return backendRecvSG(net, p, 2, uint32(v))
+	}
+	return -1
 }
 
 func defaultPIORead(region, off, size int32) int32 {
