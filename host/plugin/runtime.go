@@ -275,8 +275,10 @@ func (w *watchdog) run() {
 		select {
 		case <-w.done:
 			return
-		case now := <-t.C:
-			w.check(now)
+		case <-t.C:
+			// Not the tick's own time: a late tick would backdate the
+			// start of a call and stop it early.
+			w.check(time.Now())
 		}
 	}
 }
