@@ -34,7 +34,7 @@ type Driver struct {
 	Features uint64
 }
 
-func (d *Driver) r32(off uint64) uint32     { return uint32(d.Bus.Read(off, 4)) }
+func (d *Driver) r32(off uint64) uint32    { return uint32(d.Bus.Read(off, 4)) }
 func (d *Driver) w32(off uint64, v uint32) { d.Bus.Write(off, 4, uint64(v)) }
 
 // Status returns the device status register.
