@@ -1058,3 +1058,29 @@ func checkInvariants() error {
 	}
 	return nil
 }
+
+// BenchmarkInstantiateRealize measures creating one UART: instantiate
+// (with _initialize and dev_describe) and realize, from a loaded module.
+func BenchmarkInstantiateRealize(b *testing.B) {
+	path, err := builtPlugin()
+	if err != nil {
+		b.Skip(err)
+	}
+	rt := newRuntime(b)
+	mod, err := rt.Load(context.Background(), path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	host := &testHost{clock: plugin.NewVMClock(true), con: &console{outCap: -1}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		inst, err := mod.Instantiate(context.Background(), plugin.InstanceConfig{Name: "serial0", Host: host})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := inst.Realize(); err != nil {
+			b.Fatal(err)
+		}
+		inst.Close()
+	}
+}
