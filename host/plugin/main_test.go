@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -50,9 +49,9 @@ func buildPlugins(out string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		goTool = "go"
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return fmt.Errorf("the go tool builds the test plugins: %w", err)
 	}
 	for _, p := range testPlugins {
 		cmd := exec.Command(goTool, "build", "-buildmode=c-shared", "-o", filepath.Join(out, p+".wasm"), "./testdata/plugins/"+p)

@@ -104,16 +104,6 @@ func TestCacheDirPermissions(t *testing.T) {
 	}
 }
 
-func realizeEcho(t *testing.T, h *testHost, layers ...PropertyValues) (*Runtime, *Instance) {
-	t.Helper()
-	rt, _ := newTestRuntime(t, Config{})
-	inst := instantiate(t, rt, "echo", h)
-	if err := inst.Realize(layers...); err != nil {
-		t.Fatal(err)
-	}
-	return rt, inst
-}
-
 func TestEchoLifecycle(t *testing.T) {
 	h := newTestHost(t, 1<<20)
 	rt := func() *Runtime { r, _ := newTestRuntime(t, Config{}); return r }()
