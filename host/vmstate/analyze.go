@@ -23,8 +23,13 @@ type Analysis struct {
 	Description json.RawMessage `json:"description"`
 }
 
-// maxAnalyzeField bounds one field's size in a description.
-const maxAnalyzeField = 64 << 20
+// Bounds on what a (possibly hostile) description makes Analyze do: one
+// field's size, and the number of values decoded in all (fields of size 0
+// in huge arrays would otherwise cost time without consuming the stream).
+const (
+	maxAnalyzeField  = 64 << 20
+	maxAnalyzeValues = 4 << 20
+)
 
 // Analyze decodes a whole stream. The vmdesc sits at the end, so r is read
 // from its tail first when it is an io.ReadSeeker (a file); any other
@@ -102,6 +107,7 @@ type analyzer struct {
 	root        *descRoot
 	out         *Analysis
 	ramSections map[uint32]*ramSummary
+	values      int
 }
 
 func (a *analyzer) run() error {
@@ -377,6 +383,9 @@ func (a *analyzer) subsections(obj *Object, d *descSection, w where) error {
 
 func (a *analyzer) value(f *descField, w where) (any, error) {
 	off := a.r.off
+	if a.values++; a.values > maxAnalyzeValues {
+		return nil, w.err(off, "the vmdesc describes more than %d values", maxAnalyzeValues)
+	}
 	if f.Type == "struct" {
 		if f.Struct == nil {
 			return nil, w.err(off, "struct field without a struct description")
