@@ -494,6 +494,7 @@ func hTimerCancel(i *Instance, m api.Module, s []uint64) {
 func (i *Instance) fireTimer(id uint32, gen uint64) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	defer i.recoverLocked("timer")
 	t := &i.timers[id]
 	if t.gen != gen || i.phase != phaseRunning {
 		return
@@ -620,6 +621,7 @@ func (i *Instance) scheduleReady(slot *backendSlot) {
 func (i *Instance) deliverReady(slot *backendSlot) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	defer i.recoverLocked("backend readiness")
 	slot.pending.Store(false)
 	w := slot.b.(Watchable)
 	id := -1

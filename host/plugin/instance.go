@@ -661,6 +661,23 @@ func (i *Instance) failLocked(ex export, err error) {
 	i.shutdownLocked()
 }
 
+// recoverLocked, deferred in the goroutines this package starts, turns a
+// panic (a bug in a backend or clock, not in the plugin, whose traps wazero
+// returns as errors) into the failure of this instance instead of the
+// process.
+func (i *Instance) recoverLocked(where string) {
+	if r := recover(); r != nil {
+		if i.failErr == nil {
+			i.failErr = fmt.Errorf("device %s: host panic during %s: %v", i.name, where, r)
+			i.failed.Store(true)
+			reason := i.failErr
+			i.failReason.Store(&reason)
+			i.log.Error("device failed", "reason", i.failErr)
+			i.shutdownLocked()
+		}
+	}
+}
+
 // shutdownLocked stops timers and backend watches, leaves the registries
 // and closes the module. The instance keeps its description.
 func (i *Instance) shutdownLocked() {

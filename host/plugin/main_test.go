@@ -18,7 +18,7 @@ import (
 
 // testPlugins are the plugins under testdata/plugins, built once per test
 // binary run by TestMain into pluginDir.
-var testPlugins = []string{"echo", "trap", "loop", "hog", "abi2", "frobnicate", "noreset", "badvmstate", "oob"}
+var testPlugins = []string{"echo", "trap", "loop", "hog", "abi2", "frobnicate", "noreset", "badvmstate", "oob", "badsig"}
 
 var (
 	pluginDir string // built .wasm files

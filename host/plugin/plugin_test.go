@@ -55,6 +55,7 @@ func TestLoadRefused(t *testing.T) {
 		{"abi2", "plugin abi2 was built for ABI 2.0; this host serves ABI 1.0"},
 		{"frobnicate", "plugin frobnicate imports wasmvmm:host@1.frobnicate, which this host does not provide"},
 		{"noreset", "plugin noreset lacks required export(s) dev_reset"},
+		{"badsig", "plugin badsig imports wasmvmm:host@1.clock_ns with signature () -> (i32); this host provides () -> (i64)"},
 	} {
 		_, err := rt.Load(context.Background(), pluginPath(tc.plugin))
 		if err == nil || err.Error() != tc.want {
