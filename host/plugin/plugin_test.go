@@ -551,18 +551,21 @@ func TestCharBackendReady(t *testing.T) {
 	if b := inst.Backends(); len(b) != 1 || b[0].Name != "console" || b[0].Kind != abi.BackendChar {
 		t.Fatalf("backends %+v", b)
 	}
-	if _, err := inW.Write([]byte("hi!")); err != nil {
+	// 300 bytes through a device buffer of 64: the device stops reading
+	// when full and watches again when the guest makes room.
+	input := bytes.Repeat([]byte("hi! 0123456789\n"), 20)
+	if _, err := inW.Write(input); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "input delivered", func() bool { return inst.MMIORead(1, 0x520, 4)&uint64(abi.EventReadable) != 0 })
 	var got []byte
-	waitFor(t, "3 bytes", func() bool {
+	waitFor(t, "all input", func() bool {
 		if c := inst.MMIORead(1, 0x708, 8); c != ^uint64(0) {
 			got = append(got, byte(c))
 		}
-		return len(got) == 3
+		return len(got) == len(input)
 	})
-	if string(got) != "hi!" {
+	if !bytes.Equal(got, input) {
 		t.Errorf("read %q", got)
 	}
 	inst.MMIOWrite(1, 0x700, 1, 'X')
@@ -666,5 +669,48 @@ func TestRuntimeCloseClosesInstances(t *testing.T) {
 	}
 	if _, err := rt.Load(context.Background(), pluginPath("echo")); err == nil {
 		t.Error("load after close succeeded")
+	}
+}
+
+func TestConcurrentCalls(t *testing.T) {
+	h := newTestHost(t, 1<<20)
+	rt, _ := newTestRuntime(t, Config{})
+	inst := instantiate(t, rt, "echo", h)
+	if err := inst.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	const workers, writes = 4, 500
+	done := make(chan struct{})
+	for w := range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for k := range writes {
+				inst.MMIOWrite(1, uint64(8*w), 8, uint64(k))
+				inst.MMIORead(1, uint64(8*w), 8)
+				if k%50 == 0 {
+					inst.MMIOWrite(1, 0x300, 8, uint64(time.Microsecond)) // timers race with calls
+				}
+			}
+		}()
+	}
+	for range workers {
+		<-done
+	}
+	var counter *abi.Field
+	for k, f := range inst.Sections()[0].Fields {
+		if f.Name == "counter" {
+			counter = &inst.Sections()[0].Fields[k]
+		}
+	}
+	raw, err := inst.ReadMemory(counter.Offset, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := binary.LittleEndian.Uint32(raw); n != workers*writes {
+		t.Errorf("counter %d, want %d", n, workers*writes)
+	}
+	waitFor(t, "timers", func() bool { return inst.MMIORead(1, 0x308, 4) > 0 })
+	if inst.Err() != nil {
+		t.Fatal(inst.Err())
 	}
 }
