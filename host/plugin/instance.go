@@ -33,8 +33,9 @@ type Clock interface {
 
 // Host is what the machine provides to one device instance.
 type Host interface {
-	// Memory returns guest RAM (nil if the machine has none yet; guest
-	// accesses then fail with ErrOutOfBounds).
+	// Memory returns guest RAM. It is called once, by Instantiate; nil
+	// means the device has no guest RAM and its guest accesses fail with
+	// ErrOutOfBounds.
 	Memory() *guestmem.Memory
 	// SetIRQ drives the device's line-th interrupt line (an index into the
 	// IRQ list the machine type gives the device).
@@ -253,13 +254,13 @@ func (m *Module) Instantiate(ctx context.Context, cfg InstanceConfig) (*Instance
 	defer i.mu.Unlock()
 	if err := i.callLocked(exInitialize); err != nil {
 		i.closeLocked()
-		return nil, fmt.Errorf("device %s (plugin %s): %s: %w", cfg.Name, m.name, initExport, i.failErr)
+		return nil, fmt.Errorf("plugin %s: %w", m.name, i.failErr)
 	}
 	i.phase = phaseDescribe
 	st, err := i.callStatusLocked(exDescribe)
 	if err != nil {
 		i.closeLocked()
-		return nil, fmt.Errorf("device %s (plugin %s): %w", cfg.Name, m.name, i.failErr)
+		return nil, fmt.Errorf("plugin %s: %w", m.name, i.failErr)
 	}
 	switch {
 	case st != abi.OK:
@@ -317,7 +318,7 @@ func (i *Instance) Realize(layers ...PropertyValues) error {
 	st, err := i.callStatusLocked(exRealize)
 	if err != nil {
 		i.closeLocked()
-		return fmt.Errorf("device %s (%s): %s: %w", i.name, i.info.Name, abi.ExRealize, i.failErr)
+		return i.failErr
 	}
 	if st != abi.OK || len(i.realizeErrs) > 0 {
 		err := fmt.Errorf("device %s (%s): %s returned %v%s", i.name, i.info.Name, abi.ExRealize, st, i.joinedRealizeErrs())
