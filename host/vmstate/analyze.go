@@ -43,31 +43,25 @@ func Analyze(r io.Reader) (*Analysis, error) {
 		}
 		rs = bytes.NewReader(data)
 	}
-	size, err := rs.Seek(0, io.SeekEnd)
+	start, err := rs.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return nil, fmt.Errorf("analyze: seek: %w", err)
 	}
-	tailLen := min(size, int64(MaxVMDescLen+6))
-	tail := make([]byte, tailLen)
-	if _, err := rs.Seek(size-tailLen, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("analyze: seek: %w", err)
+	js, descOff, err := tailVMDesc(rs, start)
+	if err != nil {
+		return nil, fmt.Errorf("analyze: %w", err)
 	}
-	if _, err := io.ReadFull(rs, tail); err != nil {
-		return nil, fmt.Errorf("analyze: read the tail: %w", err)
-	}
-	js, at := findVMDesc(tail)
 	if js == nil {
 		return nil, errors.New("analyze: no vmdesc (0x00 0x06 length JSON) at the end of the stream; it cannot be decoded without one")
 	}
-	descOff := size - tailLen + int64(at)
 	var root descRoot
 	if err := json.Unmarshal(js, &root); err != nil {
-		return nil, (&where{section: "vmdesc", sectionID: -1}).err(descOff, "malformed JSON: %v", err)
+		return nil, where{section: "vmdesc", sectionID: -1}.err(descOff, "malformed JSON: %v", err)
 	}
 	if root.PageSize <= 0 || root.PageSize&(root.PageSize-1) != 0 || root.PageSize > 1<<30 {
-		return nil, (&where{section: "vmdesc", sectionID: -1}).err(descOff, "bad page_size %d", root.PageSize)
+		return nil, where{section: "vmdesc", sectionID: -1}.err(descOff, "bad page_size %d", root.PageSize)
 	}
-	if _, err := rs.Seek(0, io.SeekStart); err != nil {
+	if _, err := rs.Seek(start, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("analyze: seek: %w", err)
 	}
 	a := &analyzer{r: newStreamReader(rs), root: &root, ramSections: map[uint32]*ramSummary{}}
@@ -76,6 +70,33 @@ func Analyze(r io.Reader) (*Analysis, error) {
 		return nil, err
 	}
 	return a.out, nil
+}
+
+// tailVMDesc reads the end of a seekable stream that starts at start and
+// returns the vmdesc JSON found there (nil if none) and the stream offset of
+// its 0x06 byte. It leaves the read position anywhere.
+func tailVMDesc(rs io.ReadSeeker, start int64) ([]byte, int64, error) {
+	end, err := rs.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, 0, fmt.Errorf("seek: %w", err)
+	}
+	size := end - start
+	if size < 0 {
+		return nil, 0, nil
+	}
+	tailLen := min(size, int64(MaxVMDescLen+6))
+	if _, err := rs.Seek(end-tailLen, io.SeekStart); err != nil {
+		return nil, 0, fmt.Errorf("seek: %w", err)
+	}
+	tail := make([]byte, tailLen)
+	if _, err := io.ReadFull(rs, tail); err != nil {
+		return nil, 0, fmt.Errorf("read the tail: %w", err)
+	}
+	js, at := findVMDesc(tail)
+	if js == nil {
+		return nil, 0, nil
+	}
+	return js, size - tailLen + int64(at), nil
 }
 
 // findVMDesc finds "0x00 0x06 be32-length JSON" ending exactly at the end

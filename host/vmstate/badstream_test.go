@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -101,17 +102,18 @@ func TestBadStreams(t *testing.T) {
 		b    []byte
 		opt  func(*LoadOptions)
 		want string
+		pipe bool // read through a non-seekable reader (no vmdesc read-ahead)
 	}{
 		{"wrong magic", mutate(base, func(c []byte) { c[0] = 'X' }), nil,
-			`offset 0x0: bad file magic 0x5845564d, want 0x5145564d ("QEVM")`},
+			`offset 0x0: bad file magic 0x5845564d, want 0x5145564d ("QEVM")`, false},
 		{"wrong version", mutate(base, func(c []byte) { c[7] = 2 }), nil,
-			`offset 0x4: unsupported stream version 2, want 3`},
+			`offset 0x4: unsupported stream version 2, want 3`, false},
 		{"other machine type", base, func(o *LoadOptions) { o.Machine = "pc-q35-7.2" },
-			`offset 0xd: section "configuration": machine type "wasmvmm-test-1.0" in the stream, this machine is "pc-q35-7.2"`},
+			`offset 0xd: section "configuration": machine type "wasmvmm-test-1.0" in the stream, this machine is "pc-q35-7.2"`, false},
 		{"unknown section type", mutate(base, func(c []byte) { c[serialHdr] = 0x09 }), nil,
-			fmt.Sprintf(`offset %#x: unknown section type 0x09`, serialHdr)},
+			fmt.Sprintf(`offset %#x: unknown section type 0x09`, serialHdr), false},
 		{"section for an unknown device", mutate(base, func(c []byte) { c[serialHdr+6] = 'S' }), nil,
-			fmt.Sprintf(`offset %#x: section "Serial" (id 1): no device "Serial" instance 0 on this machine`, serialHdr)},
+			fmt.Sprintf(`offset %#x: section "Serial" (id 1): no device "Serial" instance 0 on this machine`, serialHdr), false},
 		{"device this machine lacks", base, func(o *LoadOptions) {
 			r := NewRegistry()
 			for _, d := range o.Registry.Devices() {
@@ -120,17 +122,17 @@ func TestBadStreams(t *testing.T) {
 				}
 			}
 			o.Registry = r
-		}, fmt.Sprintf(`offset %#x: section "serial" (id 1): no device "serial" instance 0 on this machine`, serialHdr)},
+		}, fmt.Sprintf(`offset %#x: section "serial" (id 1): no device "serial" instance 0 on this machine`, serialHdr), false},
 		{"device missing from the stream", base, func(o *LoadOptions) {
 			o.Registry.Register(Device{Name: "extra", Schema: cpuSchema(), InstanceID: 0, Store: make(ByteStore, 136)})
-		}, `EOF, but device "extra" instance 0 of this machine had no section`},
+		}, `EOF, but device "extra" instance 0 of this machine had no section`, false},
 		{"footer names another section", mutate(base, func(c []byte) { c[cpuHdr-1] ^= 0x10 }), nil,
-			fmt.Sprintf(`offset %#x: section "cpu" (id 3): section footer names section id 19, want 3`, cpuHdr-5)},
+			fmt.Sprintf(`offset %#x: section "cpu" (id 3): section footer names section id 19, want 3`, cpuHdr-5), false},
 		{"unknown RAM flags", mutate(base, func(c []byte) { c[ramPage+7] |= 0x40 }), nil,
-			fmt.Sprintf(`offset %#x: section "ram" (id 0): unsupported RAM record flags 0x42`, ramPage)},
+			fmt.Sprintf(`offset %#x: section "ram" (id 0): unsupported RAM record flags 0x42`, ramPage), false},
 		{"nonzero fill byte", mutate(base, func(c []byte) {
 			c[ramPage+15] = 7
-		}), nil, fmt.Sprintf(`offset %#x: section "ram" (id 0): zero page of RAM block "pc.ram" at 0x0 has fill byte 0x07, want 0`, ramPage+15)},
+		}), nil, fmt.Sprintf(`offset %#x: section "ram" (id 0): zero page of RAM block "pc.ram" at 0x0 has fill byte 0x07, want 0`, ramPage+15), false},
 		{"unknown subsection", base, func(o *LoadOptions) {
 			r := NewRegistry()
 			for _, d := range o.Registry.Devices() {
@@ -142,29 +144,44 @@ func TestBadStreams(t *testing.T) {
 				r.Register(d)
 			}
 			o.Registry = r
-		}, fmt.Sprintf(`offset %#x: section "serial" (id 1) subsection "serial/fifo-level": unknown subsection (this machine knows none)`, fifoSub)},
+		}, fmt.Sprintf(`offset %#x: section "serial" (id 1) subsection "serial/fifo-level": unknown subsection (this machine knows none)`, fifoSub), false},
 		{"field of another size (footer)", base, func(o *LoadOptions) {
 			o.Registry = replaceSchema(o.Registry, "serial", func(s *abi.Section) { s.Fields[5].Size = 17 })
-		}, `section "serial" (id 1): expected the section footer (0x7e) after field "timer", found 0x11: the source's field layout differs`},
-		{"field of another size (vmdesc)", base, func(o *LoadOptions) {
+		}, `section "serial" (id 1): expected the section footer (0x7e) after field "timer", found 0x11: the source's field layout differs`, true},
+		{"field of another size (read ahead)", base, func(o *LoadOptions) {
+			o.Registry = replaceSchema(o.Registry, "serial", func(s *abi.Section) { s.Fields[5].Size = 17 })
+		}, fmt.Sprintf(`offset %#x: section "serial" (id 1) field "fifo": the source describes size 16 (as "fifo"), this machine expects 17`, serialHdr), false},
+		{"field of another type (vmdesc after EOF)", base, func(o *LoadOptions) {
 			o.Registry = replaceSchema(o.Registry, "serial", func(s *abi.Section) {
 				s.Fields[0] = abi.Field{Name: "ier", Type: abi.FieldU16, Offset: 0, Size: 2, Count: 1}
 				s.Fields = append(s.Fields[:1], s.Fields[2:]...)
 			})
-		}, `section "serial" (id 1) field "ier": vmdesc: the source describes type uint8 (as "ier"), this machine decoded uint16`},
+		}, `section "serial" (id 1) field "ier": vmdesc: the source describes type uint8 (as "ier"), this machine expects uint16`, true},
+		{"field of another type (read ahead)", base, func(o *LoadOptions) {
+			o.Registry = replaceSchema(o.Registry, "serial", func(s *abi.Section) {
+				s.Fields[0] = abi.Field{Name: "ier", Type: abi.FieldU16, Offset: 0, Size: 2, Count: 1}
+				s.Fields = append(s.Fields[:1], s.Fields[2:]...)
+			})
+		}, fmt.Sprintf(`offset %#x: section "serial" (id 1) field "ier": the source describes type uint8 (as "ier"), this machine expects uint16`, serialHdr), false},
+		{"subsection field of another size (read ahead)", base, func(o *LoadOptions) {
+			o.Registry = replaceSchema(o.Registry, "serial", func(s *abi.Section) {
+				s.Subsections = []abi.Section{s.Subsections[0]}
+				s.Subsections[0].Fields = []abi.Field{{Name: "level", Type: abi.FieldU16, Offset: 48, Size: 2, Count: 1}}
+			})
+		}, fmt.Sprintf(`offset %#x: section "serial" (id 1) subsection "serial/fifo-level" field "level": the source describes type uint32 (as "level"), this machine expects uint16`, fifoSub), false},
 		{"RAM block unknown", base, func(o *LoadOptions) { o.Blocks = o.Blocks[:1] },
-			`section "ram" (id 0): RAM block "pc.ram.high" is not on this machine (it has pc.ram)`},
+			`section "ram" (id 0): RAM block "pc.ram.high" is not on this machine (it has pc.ram)`, false},
 		{"RAM block size", base, func(o *LoadOptions) {
 			o.Blocks = []*guestmem.Block{o.Blocks[0], allocBlocks(t, 4, 3)[1]}
-		}, `section "ram" (id 0): RAM block "pc.ram.high" has 0x2000 bytes in the stream, 0x3000 on this machine`},
+		}, `section "ram" (id 0): RAM block "pc.ram.high" has 0x2000 bytes in the stream, 0x3000 on this machine`, false},
 		{"RAM not expected", base, func(o *LoadOptions) { o.Blocks = nil },
-			`offset 0x1d: section "ram" (id 0): the stream carries RAM, but this load has no RAM blocks to fill (cpr-transfer keeps RAM in place)`},
+			`offset 0x1d: section "ram" (id 0): the stream carries RAM, but this load has no RAM blocks to fill (cpr-transfer keeps RAM in place)`, false},
 		{"vmdesc corrupt", mutate(base, func(c []byte) { c[vmdescAt+5] = '[' }), nil,
-			fmt.Sprintf(`offset %#x: section "vmdesc": malformed JSON`, vmdescAt+5)},
+			fmt.Sprintf(`offset %#x: section "vmdesc": malformed JSON`, vmdescAt+5), false},
 		{"vmdesc marker", mutate(base, func(c []byte) { c[vmdescAt] = 0x07 }), nil,
-			fmt.Sprintf(`offset %#x: section "vmdesc": expected the vmdesc (0x06) after EOF, found 0x07`, vmdescAt)},
+			fmt.Sprintf(`offset %#x: section "vmdesc": expected the vmdesc (0x06) after EOF, found 0x07`, vmdescAt), false},
 		{"JSON cut short", mutate(base, func(c []byte) { c[len(c)-1] = ' ' }), nil,
-			`malformed JSON`},
+			`malformed JSON`, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -173,7 +190,11 @@ func TestBadStreams(t *testing.T) {
 			if c.opt != nil {
 				c.opt(&o)
 			}
-			_, err := Load(bytes.NewReader(c.b), o)
+			var r io.Reader = bytes.NewReader(c.b)
+			if c.pipe {
+				r = io.MultiReader(r)
+			}
+			_, err := Load(r, o)
 			if err == nil {
 				t.Fatalf("loaded")
 			}

@@ -27,7 +27,12 @@
 // Loading applies RAM pages as they arrive (as QEMU does), but never half-
 // applies device state: every device section is decoded into staging buffers,
 // the whole stream is validated up to EOF and the vmdesc, and only then are
-// the stores written and PostLoad called.
+// the stores written and PostLoad called. When the stream is seekable (a
+// snapshot file), the vmdesc is read ahead from its end, so that a field
+// whose type or size differs between source and destination is reported by
+// name before any byte of its section is decoded; on a socket the same
+// difference shows as a footer mismatch, and the vmdesc is compared after
+// EOF.
 package vmstate
 
 // Stream framing constants (QEMU migration stream format version 3).

@@ -68,6 +68,11 @@ type loader struct {
 
 	staged []*staged
 	seen   map[*entry]bool
+
+	// pre is the source's vmdesc, read ahead from the end of a seekable
+	// stream, so that a layout difference is reported at the field that
+	// differs rather than at the footer. Nil for sockets and pipes.
+	pre *descRoot
 }
 
 // Load reads a whole stream: RAM pages go straight into opt.Blocks as they
@@ -83,6 +88,13 @@ func Load(r io.Reader, opt LoadOptions) (*LoadResult, error) {
 	}
 	for _, b := range opt.Blocks {
 		l.blocks[b.Name] = b
+	}
+	if rs, ok := r.(io.ReadSeeker); ok {
+		pre, err := peekVMDesc(rs)
+		if err != nil {
+			return nil, err
+		}
+		l.pre = pre
 	}
 	if err := l.run(); err != nil {
 		return nil, err
@@ -424,7 +436,11 @@ func (l *loader) deviceSection(off int64, id uint32, name string, inst, version 
 		return w.err(off, "version %d is older than this machine's minimum %d", version, sec.MinimumVersionID)
 	}
 	st := &staged{e: e, sectionID: id, version: version}
-	state, last, err := l.decodeSection(e, e.plan, version, w, st)
+	src := l.preDevice(name, inst)
+	if err := checkPre(src, e.plan, version, w, off); err != nil {
+		return err
+	}
+	state, last, err := l.decodeSection(e, e.plan, version, w, st, src)
 	if err != nil {
 		return err
 	}
@@ -439,7 +455,7 @@ func (l *loader) deviceSection(off int64, id uint32, name string, inst, version 
 // decodeSection reads a section's (or subsection's) fields and subsections
 // into st's staging writes. It returns what was read and a description of
 // the last item, for footer messages.
-func (l *loader) decodeSection(e *entry, p *plan, version uint32, w where, st *staged) (*sectionState, string, error) {
+func (l *loader) decodeSection(e *entry, p *plan, version uint32, w where, st *staged, src *descSection) (*sectionState, string, error) {
 	ss := &sectionState{p: p, version: version}
 	last := "the section header"
 	for i := range p.fields {
@@ -514,7 +530,18 @@ func (l *loader) decodeSection(e *entry, p *plan, version uint32, w where, st *s
 		if ver < sp.sec.MinimumVersionID {
 			return nil, "", sw.err(off, "version %d is older than this machine's minimum %d", ver, sp.sec.MinimumVersionID)
 		}
-		sub, _, err := l.decodeSection(e, sp, ver, sw, st)
+		var srcSub *descSection
+		if src != nil {
+			for _, d := range src.Subsections {
+				if d != nil && d.VMSDName == name {
+					srcSub = d
+				}
+			}
+		}
+		if err := checkPre(srcSub, sp, ver, sw, off); err != nil {
+			return nil, "", err
+		}
+		sub, _, err := l.decodeSection(e, sp, ver, sw, st, srcSub)
 		if err != nil {
 			return nil, "", err
 		}
@@ -668,4 +695,52 @@ func (l *loader) apply() error {
 	}
 	l.res.Devices = len(l.staged)
 	return errors.Join(errs...)
+}
+
+// preDevice returns the read-ahead description of a device section.
+func (l *loader) preDevice(name string, inst uint32) *descSection {
+	if l.pre == nil {
+		return nil
+	}
+	for _, d := range l.pre.Devices {
+		if d != nil && d.Name == name && d.InstanceID != nil && *d.InstanceID == int64(inst) {
+			return d
+		}
+	}
+	return nil
+}
+
+// checkPre compares the source's description of a (sub)section's fields
+// with what this machine expects at that version, before decoding.
+func checkPre(src *descSection, p *plan, version uint32, w where, off int64) error {
+	if src == nil {
+		return nil
+	}
+	if field, err := compareFields(src.Fields, describeFields(p, version)); err != nil {
+		w.field = field
+		return w.err(off, "%v", err)
+	}
+	return nil
+}
+
+// peekVMDesc reads the vmdesc from the end of a seekable stream and seeks
+// back. A stream without a well-formed vmdesc at its end gives nil; the
+// sequential read reports what is wrong with it.
+func peekVMDesc(rs io.ReadSeeker) (*descRoot, error) {
+	start, err := rs.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, nil // not really seekable (a pipe behind *os.File)
+	}
+	js, _, err := tailVMDesc(rs, start)
+	if _, serr := rs.Seek(start, io.SeekStart); serr != nil {
+		return nil, fmt.Errorf("vmstate load: seek back to the stream start: %w", serr)
+	}
+	if err != nil || js == nil {
+		return nil, nil
+	}
+	var root descRoot
+	if json.Unmarshal(js, &root) != nil {
+		return nil, nil
+	}
+	return &root, nil
 }

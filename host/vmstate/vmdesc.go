@@ -149,7 +149,7 @@ func compareDesc(src, ours *descSection) (field string, err error) {
 func compareFields(src, ours []*descField) (string, error) {
 	for i, o := range ours {
 		if i >= len(src) {
-			return o.Name, fmt.Errorf("the source describes only %d fields; this machine decoded %d", len(src), len(ours))
+			return o.Name, fmt.Errorf("the source describes only %d fields; this machine expects %d", len(src), len(ours))
 		}
 		s := src[i]
 		name := o.Name
@@ -157,10 +157,10 @@ func compareFields(src, ours []*descField) (string, error) {
 			name += "[" + strconv.FormatInt(*o.Index, 10) + "]"
 		}
 		if s.Type != o.Type {
-			return name, fmt.Errorf("the source describes type %s (as %q), this machine decoded %s", s.Type, s.Name, o.Type)
+			return name, fmt.Errorf("the source describes type %s (as %q), this machine expects %s", s.Type, s.Name, o.Type)
 		}
 		if s.Size != o.Size {
-			return name, fmt.Errorf("the source describes size %d (as %q), this machine decoded %d", s.Size, s.Name, o.Size)
+			return name, fmt.Errorf("the source describes size %d (as %q), this machine expects %d", s.Size, s.Name, o.Size)
 		}
 		if !eqp(s.ArrayLen, o.ArrayLen) || !eqp(s.Index, o.Index) {
 			return name, fmt.Errorf("the source describes another array layout (as %q)", s.Name)
@@ -175,7 +175,7 @@ func compareFields(src, ours []*descField) (string, error) {
 		}
 	}
 	if len(src) > len(ours) {
-		return src[len(ours)].Name, fmt.Errorf("the source describes %d fields; this machine decoded %d", len(src), len(ours))
+		return src[len(ours)].Name, fmt.Errorf("the source describes %d fields; this machine expects %d", len(src), len(ours))
 	}
 	return "", nil
 }
