@@ -3,6 +3,7 @@ package vmstate
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 
 	"wasmvmm/abi"
@@ -263,5 +264,61 @@ func TestVersions(t *testing.T) {
 	want = `offset 0xe: section "serial" (id 1): version 1 is older than this machine's minimum 2`
 	if err == nil || err.Error() != want {
 		t.Errorf("too old: %v\nwant %s", err, want)
+	}
+}
+
+func TestHookErrors(t *testing.T) {
+	src := newMachine(t, 3, testProps, nil)
+	src.hooks["virtio"].failPre = errors.New("queue busy")
+	var out bytes.Buffer
+	err := Save(&out, "m", nil, src.reg)
+	if err == nil || err.Error() != "vmstate writer: device virtio-dev (instance 0): pre-save: queue busy" {
+		t.Fatalf("pre-save: %v", err)
+	}
+	src.hooks["virtio"].failPre = nil
+	stream := saveStream(t, "m", nil, src.reg)
+	dst := newMachine(t, 0, testProps, nil)
+	dst.hooks["serial"].failPost = errors.New("bad divisor")
+	_, err = Load(bytes.NewReader(stream), LoadOptions{Machine: "m", Registry: dst.reg})
+	if err == nil || err.Error() != "vmstate load: device serial (instance 0): post-load (version 2): bad divisor" {
+		t.Fatalf("post-load: %v", err)
+	}
+	// Every other device still got its PostLoad.
+	if len(dst.hooks["cpu1"].postLoad) != 1 {
+		t.Errorf("cpu1 post-load %v", dst.hooks["cpu1"].postLoad)
+	}
+}
+
+// TestNestedSubsection sends a subsection of a subsection.
+func TestNestedSubsection(t *testing.T) {
+	sec := &abi.Section{Name: "nic", VersionID: 1, Fields: []abi.Field{
+		{Name: "mac", Type: abi.FieldBuffer, Offset: 0, Size: 6, Count: 1}},
+		Subsections: []abi.Section{{Name: "rx", VersionID: 1, NeededID: 1,
+			Fields: []abi.Field{{Name: "head", Type: abi.FieldU32, Offset: 8, Size: 4, Count: 1}},
+			Subsections: []abi.Section{{Name: "csum", VersionID: 1, NeededID: 2,
+				Fields: []abi.Field{{Name: "on", Type: abi.FieldBool, Offset: 12, Size: 1, Count: 1}}}}}}}
+	mk := func(fillWith byte) (*Registry, ByteStore) {
+		st := make(ByteStore, 16)
+		if fillWith != 0 {
+			fill(st, fillWith)
+			st[12] = 1
+		}
+		r := NewRegistry()
+		if _, err := r.Register(Device{Schema: sec, Store: st, Hooks: &recHooks{needed: map[int32]bool{1: true, 2: true}}}); err != nil {
+			t.Fatal(err)
+		}
+		return r, st
+	}
+	sreg, sst := mk(4)
+	stream := saveStream(t, "m", nil, sreg)
+	if !bytes.Contains(stream, []byte("\x05\x0bnic/rx/csum")) {
+		t.Fatalf("nested subsection name not on the wire")
+	}
+	dreg, dst := mk(0)
+	if _, err := Load(bytes.NewReader(stream), LoadOptions{Registry: dreg}); err != nil {
+		t.Fatal(err)
+	}
+	if hexRange(dst, 0, 6) != hexRange(sst, 0, 6) || hexRange(dst, 8, 5) != hexRange(sst, 8, 5) {
+		t.Errorf("got %x want %x", []byte(dst), []byte(sst))
 	}
 }
