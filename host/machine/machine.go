@@ -74,6 +74,8 @@ type Machine struct {
 	initial   []*kvm.VCPUState
 	initialVM *kvm.VMState
 
+	autostart bool // an incoming VM resumes after loading (QMP cont/stop in inmigrate)
+
 	pause    pauseControl
 	started  bool // vCPU threads exist
 	wg       sync.WaitGroup
@@ -365,6 +367,20 @@ func (m *Machine) parkVCPUs() {
 		v.cpu.Kick()
 	}
 	m.pause.waitParked(len(m.vcpus))
+}
+
+// SetAutostart says whether an incoming VM runs once its state is loaded.
+func (m *Machine) SetAutostart(on bool) {
+	m.state.mu.Lock()
+	m.autostart = on
+	m.state.mu.Unlock()
+}
+
+// Autostart reports the autostart flag.
+func (m *Machine) Autostart() bool {
+	m.state.mu.Lock()
+	defer m.state.mu.Unlock()
+	return m.autostart
 }
 
 // Resume lets the vCPUs run again.

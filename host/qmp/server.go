@@ -254,6 +254,9 @@ func (s *Server) isClosed() bool {
 // handlers to return and removes the socket files. It is idempotent. Close
 // must not be called from inside a handler (it waits for handlers); use
 // AfterReply for that.
+// closeFlushTimeout bounds how long Close waits for queued messages.
+const closeFlushTimeout = time.Second
+
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -273,6 +276,17 @@ func (s *Server) Close() error {
 	for _, sl := range listeners {
 		if err := sl.close(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	// Let queued replies and events reach each client, briefly.
+	deadline := time.Now().Add(closeFlushTimeout)
+	for _, c := range clients {
+		for c.unsent.Load() > 0 && time.Now().Before(deadline) {
+			select {
+			case <-c.done:
+				c.unsent.Store(0)
+			case <-time.After(time.Millisecond):
+			}
 		}
 	}
 	for _, c := range clients {
@@ -353,6 +367,10 @@ func (s *Server) EmitAt(name string, data any, when time.Time) error {
 
 // session is one connected client.
 type session struct {
+	// unsent counts messages queued but not yet written, so Close can let
+	// the last events (SHUTDOWN after quit) reach the client.
+	unsent atomic.Int64
+
 	s           *Server
 	id          uint64
 	nc          net.Conn
@@ -410,9 +428,11 @@ func (c *session) shutdown() {
 // enqueue queues a message, waiting for room; it gives up (running the
 // message's after functions) if the client goes away.
 func (c *session) enqueue(m outMessage) {
+	c.unsent.Add(1)
 	select {
 	case c.out <- m:
 	case <-c.done:
+		c.unsent.Add(-1)
 		c.runAfter(m.after)
 	}
 }
@@ -424,10 +444,12 @@ func (c *session) tryEnqueue(m outMessage) bool {
 		return true // already gone; nothing to report
 	default:
 	}
+	c.unsent.Add(1)
 	select {
 	case c.out <- m:
 		return true
 	default:
+		c.unsent.Add(-1)
 		return false
 	}
 }
@@ -467,6 +489,7 @@ func (c *session) writeLoop() {
 		case m := <-c.out:
 			c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 			_, err := c.nc.Write(m.data)
+			c.unsent.Add(-1)
 			c.runAfter(m.after)
 			if err != nil {
 				c.s.log.Debug("qmp client write failed", "client", c.id, "error", err)

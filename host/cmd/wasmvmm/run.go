@@ -18,8 +18,10 @@ import (
 
 	"wasmvmm/host/machine"
 	"wasmvmm/host/machine/config"
+	"wasmvmm/host/monitor"
 	"wasmvmm/host/plugin"
 	"wasmvmm/host/pluginbuild"
+	"wasmvmm/host/qmp"
 	"wasmvmm/machines"
 )
 
@@ -283,6 +285,16 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	phase("machine built")
 	if len(f.incoming) > 0 {
 		return 1, errors.New("--incoming: migration is not available in this build yet")
+	}
+	if f.qmp != "" {
+		srv := qmp.NewServer(qmp.Config{Version: qmp.VersionInfo{Package: "wasmvmm " + version}, Logger: log.Named("qmp")})
+		if _, err := monitor.New(srv, m, vm.Machine.Type); err != nil {
+			return 1, err
+		}
+		if err := srv.Listen(f.qmp); err != nil {
+			return 1, fmt.Errorf("--qmp %s: %w", f.qmp, err)
+		}
+		defer srv.Close()
 	}
 	restore, err := console.start(func() { m.Shutdown("host-qmp-quit", false) })
 	if err != nil {

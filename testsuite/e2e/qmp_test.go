@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"wasmvmm/testsuite/harness"
+)
+
+// qmpClient connects go-qemu's QMP monitor (a client we did not write).
+func qmpClient(t *testing.T, path string) *qmp.SocketMonitor {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mon, err := qmp.NewSocketMonitor("unix", path, 5*time.Second)
+		if err == nil {
+			if err = mon.Connect(); err == nil {
+				t.Cleanup(func() { mon.Disconnect() })
+				return mon
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QMP socket %s: %v", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func qmpRun(t *testing.T, mon *qmp.SocketMonitor, cmd string) map[string]any {
+	t.Helper()
+	out, err := mon.Run([]byte(`{"execute":"` + cmd + `"}`))
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	var r map[string]any
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%s: %v in %s", cmd, err, out)
+	}
+	return r
+}
+
+func status(t *testing.T, mon *qmp.SocketMonitor) string {
+	r := qmpRun(t, mon, "query-status")
+	ret, _ := r["return"].(map[string]any)
+	s, _ := ret["status"].(string)
+	return s
+}
+
+func TestQMPDrivesTheVM(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qmp.sock")
+	vm := harness.Start(t, b, dir, "run", writeConfig(t, dir, b.Guest, "workload=dirtier dirty_end=24M", ""), "--qmp", sock)
+	vm.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
+	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("QMP socket mode: %v %v", st.Mode(), err)
+	}
+	mon := qmpClient(t, sock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := drainEvents(t, ctx, mon)
+	if s := status(t, mon); s != "running" {
+		t.Fatalf("status %s", s)
+	}
+	qmpRun(t, mon, "stop")
+	if s := status(t, mon); s != "paused" {
+		t.Fatalf("status after stop: %s", s)
+	}
+	expectEvent(t, events, "STOP")
+	n := strings.Count(vm.SerialText(), "DIRTY pass=")
+	time.Sleep(300 * time.Millisecond)
+	if m := strings.Count(vm.SerialText(), "DIRTY pass="); m != n {
+		t.Fatalf("guest printed while paused: %d -> %d passes", n, m)
+	}
+	qmpRun(t, mon, "cont")
+	expectEvent(t, events, "RESUME")
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(vm.SerialText(), "DIRTY pass=") <= n {
+		if time.Now().After(deadline) {
+			t.Fatal("guest did not continue after cont")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	qmpRun(t, mon, "system_reset")
+	expectEvent(t, events, "RESET")
+	deadline = time.Now().Add(20 * time.Second)
+	for strings.Count(vm.SerialText(), "WASMVMM-GUEST BOOT") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("guest did not boot again after system_reset")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := status(t, mon); s != "running" {
+		t.Fatalf("status after reset: %s", s)
+	}
+	qmpRun(t, mon, "quit")
+	expectEvent(t, events, "SHUTDOWN")
+	if code := vm.Wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit code %d after quit", code)
+	}
+}
+
+func TestQMPSuspendAndWakeup(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qmp.sock")
+	vm := harness.Start(t, b, dir, "run", writeConfig(t, dir, b.Guest, "workload=suspend dirty_end=24M", ""), "--qmp", sock, "-S")
+	mon := qmpClient(t, sock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := drainEvents(t, ctx, mon)
+	if s := status(t, mon); s != "paused" {
+		t.Fatalf("status with -S: %s", s)
+	}
+	qmpRun(t, mon, "cont")
+	expectEvent(t, events, "SUSPEND")
+	vm.WaitSerial(t, "GUEST SUSPEND", 10*time.Second)
+	if s := status(t, mon); s != "suspended" {
+		t.Fatalf("status: %s", s)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if strings.Contains(vm.SerialText(), "GUEST RESUMED") {
+		t.Fatal("guest ran while suspended")
+	}
+	// cont does not wake a suspended guest.
+	out, err := mon.Run([]byte(`{"execute":"cont"}`))
+	if err == nil {
+		t.Fatalf("cont on a suspended guest succeeded: %s", out)
+	}
+	qmpRun(t, mon, "system_wakeup")
+	expectEvent(t, events, "WAKEUP")
+	vm.WaitSerial(t, "GUEST RESUMED", 10*time.Second)
+	if s := status(t, mon); s != "running" {
+		t.Fatalf("status after wakeup: %s", s)
+	}
+}
+
+// drainEvents keeps go-qemu's event stream flowing (its reader blocks on an
+// undrained channel, which would also stall command replies) and buffers the
+// events for expectEvent.
+func drainEvents(t *testing.T, ctx context.Context, mon *qmp.SocketMonitor) <-chan qmp.Event {
+	t.Helper()
+	in, err := mon.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan qmp.Event, 1024)
+	go func() {
+		for e := range in {
+			select {
+			case out <- e:
+			default:
+			}
+		}
+	}()
+	return out
+}
+
+func expectEvent(t *testing.T, events <-chan qmp.Event, name string) qmp.Event {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.Event == name {
+				if e.Timestamp.Seconds == 0 {
+					t.Fatalf("event %s without a timestamp", name)
+				}
+				return e
+			}
+		case <-timeout:
+			t.Fatalf("no %s event", name)
+		}
+	}
+}
