@@ -266,8 +266,8 @@ func (d *blk) execute(c *virtio.Chain) (uint8, uint32) {
 		d.t.Logf(abi.LogWarn, "header", "request at head %d: header of %d bytes, want %d", c.Head, c.ReadableLen, headerSize)
 		return statusIOErr, 0
 	}
-	d.sg, _ = virtio.SGSlice(d.sg[:0], c.Readable, 0, headerSize)
-	if _, err := sdk.GuestReadSG(d.sg, d.hdr[:]); err != nil {
+	hdr, _ := virtio.SGRange(d.sg, c.Readable, 0, headerSize, c.ReadableLen)
+	if _, err := sdk.GuestReadSG(hdr, d.hdr[:]); err != nil {
 		d.t.Logf(abi.LogWarn, "header", "request at head %d: header not readable: %v", c.Head, err)
 		return statusIOErr, 0
 	}
@@ -280,8 +280,8 @@ func (d *blk) execute(c *virtio.Chain) (uint8, uint32) {
 		if !d.inRange(sector, inLen, "read") {
 			return statusIOErr, 0
 		}
-		d.sg, _ = virtio.SGSlice(d.sg[:0], c.Writable, 0, inLen)
-		n, err := d.disk.PreadSG(int64(sector*sectorSize), d.sg)
+		data, _ := virtio.SGRange(d.sg, c.Writable, 0, inLen, c.WritableLen)
+		n, err := d.disk.PreadSG(int64(sector*sectorSize), data)
 		if err != nil || uint64(n) != inLen {
 			d.t.Logf(abi.LogWarn, "io", "read of %d bytes at sector %d: %d bytes, %v", inLen, sector, n, err)
 			return statusIOErr, uint32(max(n, 0))
@@ -294,8 +294,8 @@ func (d *blk) execute(c *virtio.Chain) (uint8, uint32) {
 		if !d.inRange(sector, outLen, "write") {
 			return statusIOErr, 0
 		}
-		d.sg, _ = virtio.SGSlice(d.sg[:0], c.Readable, headerSize, outLen)
-		n, err := d.disk.PwriteSG(int64(sector*sectorSize), d.sg)
+		data, _ := virtio.SGRange(d.sg, c.Readable, headerSize, outLen, c.ReadableLen)
+		n, err := d.disk.PwriteSG(int64(sector*sectorSize), data)
 		if err != nil || uint64(n) != outLen {
 			d.t.Logf(abi.LogWarn, "io", "write of %d bytes at sector %d: %d bytes, %v", outLen, sector, n, err)
 			return statusIOErr, 0

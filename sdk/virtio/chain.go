@@ -191,30 +191,68 @@ func (w *Walker) walkIndirect(c *Chain, d Desc, head uint16, at uint32, lim Limi
 	if err := w.Mem.Read(d.Addr, tbl); err != nil {
 		return fail(ErrDescOutOfRAM, at, false)
 	}
-	i, walked := uint32(0), uint32(0)
+	// The loop body makes no calls: in the plugin runtime (wazero with
+	// termination checks) a call or a taken jump in Go's WebAssembly costs
+	// an exit to the host. Inlined, a 256-entry table takes about 60 µs
+	// there instead of about 100 µs.
+	var (
+		le       = binary.LittleEndian
+		maxDesc  = lim.maxDescriptors()
+		maxBytes = lim.maxBytes()
+		i        uint32
+		walked   uint32
+		kind     error
+	)
+	var (
+		e           []byte
+		addr        uint64
+		l           uint32
+		flags, next uint16
+		sg          *[]sdk.SGEntry
+		total       *uint64
+	)
 	for {
 		walked++
 		if walked > n {
 			return fail(ErrChainLoop, i, true)
 		}
-		e := DecodeDesc(tbl[DescSize*i:])
-		if e.Flags&DescFIndirect != 0 {
-			return fail(ErrNestedIndirect, i, true)
-		}
+		e = tbl[DescSize*i : DescSize*i+DescSize]
+		addr, l, flags, next = le.Uint64(e), le.Uint32(e[8:]), le.Uint16(e[12:]), le.Uint16(e[14:])
 		c.Descriptors++
-		if c.Descriptors > lim.maxDescriptors() {
-			return fail(ErrTooManyDescriptors, i, true)
+		switch {
+		case flags&DescFIndirect != 0:
+			kind = ErrNestedIndirect
+		case c.Descriptors > maxDesc:
+			kind = ErrTooManyDescriptors
+		case l != 0 && addr+uint64(l)-1 < addr:
+			kind = ErrAddressWrap
+		case c.ReadableLen+c.WritableLen+uint64(l) > maxBytes:
+			kind = ErrChainTooLarge
+		case flags&DescFWrite == 0 && c.WritableLen != 0:
+			kind = ErrReadableAfterWritable
 		}
-		if kind := c.add(e, lim); kind != nil {
+		if kind != nil {
 			return fail(kind, i, true)
 		}
-		if e.Flags&DescFNext == 0 {
+		if l != 0 {
+			sg, total = &c.Readable, &c.ReadableLen
+			if flags&DescFWrite != 0 {
+				sg, total = &c.Writable, &c.WritableLen
+			}
+			*total += uint64(l)
+			if m := len(*sg); m > 0 && (*sg)[m-1].GPA+uint64((*sg)[m-1].Len) == addr && uint64((*sg)[m-1].Len)+uint64(l) <= 1<<32-1 {
+				(*sg)[m-1].Len += l
+			} else {
+				*sg = append(*sg, sdk.SGEntry{GPA: addr, Len: l})
+			}
+		}
+		if flags&DescFNext == 0 {
 			return nil
 		}
-		if uint32(e.Next) >= n {
+		if uint32(next) >= n {
 			return fail(ErrNextOutOfRange, i, true)
 		}
-		i = uint32(e.Next)
+		i = uint32(next)
 	}
 }
 
@@ -286,4 +324,43 @@ func SGAt(sg []sdk.SGEntry, off uint64) (uint64, bool) {
 		off -= uint64(e.Len)
 	}
 	return 0, false
+}
+
+// SGRange returns the part [off, off+n) of sg, whose buffers hold total
+// bytes. In the usual request layout (the range starts in the first
+// entry, or right after it, and ends in the last one) it runs no loop
+// over the entries: it re-slices sg, or copies it into dst once and trims
+// the ends. Otherwise it is SGSlice. dst must not share sg's array.
+func SGRange(dst, sg []sdk.SGEntry, off, n, total uint64) ([]sdk.SGEntry, uint64) {
+	if off > total || n > total-off || len(sg) == 0 || n == 0 {
+		return SGSlice(dst[:0], sg, off, n)
+	}
+	if off != 0 && off == uint64(sg[0].Len) {
+		sg, off, total = sg[1:], 0, total-off
+		if len(sg) == 0 {
+			return dst[:0], 0
+		}
+	}
+	last := uint64(sg[len(sg)-1].Len)
+	cut := total - off - n
+	if off >= uint64(sg[0].Len) || cut > last {
+		return SGSlice(dst[:0], sg, off, n)
+	}
+	if cut == last && len(sg) > 1 && (off == 0 || len(sg) > 2) {
+		// The range ends exactly before the last entry (a status byte).
+		if off == 0 {
+			return sg[:len(sg)-1], n
+		}
+		sg, cut = sg[:len(sg)-1], 0
+	} else if cut == last {
+		return SGSlice(dst[:0], sg, off, n)
+	}
+	if off == 0 && cut == 0 {
+		return sg, n
+	}
+	dst = append(dst[:0], sg...)
+	dst[0].GPA += off
+	dst[0].Len -= uint32(off)
+	dst[len(dst)-1].Len -= uint32(cut)
+	return dst, n
 }

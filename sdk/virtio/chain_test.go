@@ -137,3 +137,33 @@ func FuzzWalkChain(f *testing.F) {
 		}
 	})
 }
+
+func TestSGRangeMatchesSGSlice(t *testing.T) {
+	lists := [][]sdk.SGEntry{
+		{{GPA: 0x1000, Len: 16}, {GPA: 0x2000, Len: 40}, {GPA: 0x4000, Len: 40}, {GPA: 0x9000, Len: 1}},
+		{{GPA: 0x1000, Len: 57}},
+		{{GPA: 0x1000, Len: 10}, {GPA: 0x2000, Len: 10}, {GPA: 0x3000, Len: 1}},
+		{{GPA: 0x1000, Len: 1}},
+		{{GPA: 0x1000, Len: 16}, {GPA: 0x9000, Len: 1}},
+	}
+	for li, sg := range lists {
+		var total uint64
+		for _, e := range sg {
+			total += uint64(e.Len)
+		}
+		for off := uint64(0); off <= total; off++ {
+			for n := uint64(0); off+n <= total+1; n++ {
+				want, wn := virtio.SGSlice(nil, sg, off, n)
+				got, gn := virtio.SGRange(make([]sdk.SGEntry, 0, 8), sg, off, n, total)
+				if wn != gn || len(want) != len(got) {
+					t.Fatalf("list %d [%d,+%d): got %v (%d), want %v (%d)", li, off, n, got, gn, want, wn)
+				}
+				for k := range want {
+					if want[k] != got[k] {
+						t.Fatalf("list %d [%d,+%d): got %v, want %v", li, off, n, got, want)
+					}
+				}
+			}
+		}
+	}
+}
