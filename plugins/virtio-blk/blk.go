@@ -125,7 +125,6 @@ type blk struct {
 	id       [idBytes]byte
 	hdr      [headerSize]byte
 	ranges   [maxRangeSegs * rangeSegSize]byte
-	status   [1]byte
 	sg       []sdk.SGEntry
 }
 

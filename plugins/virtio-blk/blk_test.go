@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -47,7 +46,10 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	wasmPath = filepath.Join(dir, "virtio-blk.wasm")
 	cacheRoot = filepath.Join(dir, "cache")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = "/usr/local/go/bin/go"
+	}
 	cmd := exec.Command(goTool, "build", "-buildmode=c-shared", "-o", wasmPath, ".")
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 	if out, err := cmd.CombinedOutput(); err != nil {
