@@ -274,6 +274,7 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		Preserved: plugin.NewFDRegistry(),
 		Logger:    log,
 	}
+	loader.Preload(ctx, specs)
 	m, err := machine.New(machine.Config{
 		VM: vm, MachineType: mt, KVMPath: f.kvm, Logger: log,
 		Devices: loader.Factory(ctx, specs),
