@@ -73,6 +73,10 @@ const (
 	// discard or write-zeroes request (1 GiB and 64 MiB).
 	maxDiscardSectors     = 1 << 21
 	maxWriteZeroesSectors = 1 << 17
+	// notifyBudget bounds the data one call into the plugin moves, so that a
+	// guest queueing many large requests cannot run a call past the host's
+	// deadline; the rest continues from a timer (continueTimer).
+	notifyBudget = 128 << 20
 	// maxRangeSegs bounds the segments of one discard or write-zeroes
 	// request.
 	maxRangeSegs = 16
@@ -83,6 +87,9 @@ const (
 	// and its padding.
 	configSize = 60
 )
+
+// continueTimer resumes queue processing that stopped at notifyBudget.
+const continueTimer sdk.Timer = 0
 
 // Offsets in the config space (struct virtio_blk_config).
 const (
@@ -126,6 +133,7 @@ type blk struct {
 	hdr      [headerSize]byte
 	ranges   [maxRangeSegs * rangeSegSize]byte
 	sg       []sdk.SGEntry
+	moved    uint64 // data bytes moved in the current call
 }
 
 func init() {
@@ -189,8 +197,8 @@ func (d *blk) fillConfig() {
 }
 
 // Reset is the device part of a reset: the block device keeps no state
-// beyond the transport's.
-func (d *blk) Reset() {}
+// beyond the transport's; a pending continuation is dropped.
+func (d *blk) Reset() { _ = continueTimer.Cancel() }
 
 // MMIORead forwards to the transport.
 func (d *blk) MMIORead(_ sdk.Region, offset uint64, size int) uint64 {
@@ -225,12 +233,21 @@ func (d *blk) PostLoad(uint32) error {
 	return d.t.PostLoad()
 }
 
-// QueueNotify implements virtio.Handler: it runs every available request
-// to completion, then interrupts the driver unless it suppressed that. A
-// driver that keeps adding requests from another vCPU is served up to four
-// rings' worth per notification.
+// QueueNotify implements virtio.Handler: it runs available requests to
+// completion, then interrupts the driver unless it suppressed that. One call
+// serves at most four rings' worth of requests and notifyBudget bytes; the
+// rest is served from continueTimer, armed for right away, so a driver that
+// keeps the queue full (possibly from another vCPU) cannot hold one call
+// past the host's deadline.
 func (d *blk) QueueNotify(q *virtio.Queue) {
+	d.moved = 0
 	for n := 0; n < 4*queueSize; n++ {
+		if d.moved >= notifyBudget {
+			if err := continueTimer.Arm(sdk.Now()); err != nil {
+				d.t.Logf(abi.LogError, "timer", "cannot arm the continuation timer: %v", err)
+			}
+			break
+		}
 		c, err := q.Pop()
 		if err != nil || c == nil {
 			break
@@ -240,6 +257,13 @@ func (d *blk) QueueNotify(q *virtio.Queue) {
 		}
 	}
 	q.Signal()
+}
+
+// TimerFired continues processing after QueueNotify used its budget.
+func (d *blk) TimerFired(sdk.Timer) {
+	if q := d.t.Queue(0); q.Ready() && d.t.Live() {
+		d.QueueNotify(q)
+	}
 }
 
 // handle runs one request and returns the bytes written into its writable
@@ -285,6 +309,7 @@ func (d *blk) execute(c *virtio.Chain) (uint8, uint32) {
 			d.t.Logf(abi.LogWarn, "io", "read of %d bytes at sector %d: %d bytes, %v", inLen, sector, n, err)
 			return statusIOErr, uint32(max(n, 0))
 		}
+		d.moved += inLen
 		return statusOK, uint32(inLen)
 	case reqOut:
 		if readonly.Get() {
@@ -299,6 +324,7 @@ func (d *blk) execute(c *virtio.Chain) (uint8, uint32) {
 			d.t.Logf(abi.LogWarn, "io", "write of %d bytes at sector %d: %d bytes, %v", outLen, sector, n, err)
 			return statusIOErr, 0
 		}
+		d.moved += outLen
 		return statusOK, 0
 	case reqFlush:
 		if err := d.disk.Flush(); err != nil {

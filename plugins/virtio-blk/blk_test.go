@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -614,5 +615,56 @@ func TestMigrateState(t *testing.T) {
 	}
 	if err := bad.inst.PostLoad(bsec.VersionID); err == nil {
 		t.Error("state loaded over a smaller image")
+	}
+}
+
+// A driver queueing more data than one call may move is served in several
+// calls: the rest completes from the continuation timer without a new
+// notification.
+func TestBudgetContinuesFromTimer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 64<<20); err != nil { // sparse: reads are cheap
+		t.Fatal(err)
+	}
+	e := start(t, path, openImage(t, path, blockdev.Options{}), nil, nil)
+	e.up(wantFeatures)
+	// Three 64 MiB reads, each into the same 4 MiB of guest RAM 16 times.
+	var heads []uint16
+	for r := 0; r < 3; r++ {
+		hdr := uint64(hdrAddr + 0x100*r)
+		var h [16]byte
+		binary.LittleEndian.PutUint32(h[0:], reqIn)
+		e.guest.Write(hdr, h[:])
+		bufs := []virtiotest.Buf{{Addr: hdr, Len: 16}}
+		for i := 0; i < 16; i++ {
+			bufs = append(bufs, virtiotest.Buf{Addr: dataAddr, Len: 4 << 20, Write: true})
+		}
+		bufs = append(bufs, virtiotest.Buf{Addr: statusAddr + uint64(r), Len: 1, Write: true})
+		head, err := e.q.AddIndirect(tableAddr+uint64(0x1000*r), bufs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads = append(heads, head)
+	}
+	e.q.Publish(heads...)
+	e.q.Notify()
+	if got := e.q.UsedIdx(); got != 2 {
+		t.Fatalf("the notification completed %d requests, want 2 (128 MiB budget)", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.q.UsedIdx() != 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := e.q.UsedIdx(); got != 3 {
+		t.Fatalf("the continuation did not complete the third request: used idx %d (%v)", got, e.inst.Err())
+	}
+	used, _ := e.q.TakeUsed()
+	for _, u := range used {
+		if u.Len != 64<<20+1 {
+			t.Errorf("used %+v", u)
+		}
 	}
 }
