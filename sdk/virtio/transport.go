@@ -383,7 +383,7 @@ func (t *Transport) writeStatus(v uint8) {
 		t.updateIRQ()
 		return
 	}
-	v |= st.Status & StatusDeviceNeedsReset // device-owned bit
+	v |= st.Status // bits stay set until a reset (§2.1: the driver never clears them)
 	if v&StatusFeaturesOK != 0 && st.Status&StatusFeaturesOK == 0 {
 		if err := t.checkFeatures(st.DriverFeatures); err != nil {
 			t.Logf(abi.LogWarn, "features", "FEATURES_OK refused: %v", err)
