@@ -315,7 +315,7 @@ func (m *Machine) stop(code int) {
 // which case it waits for Resume (QEMU's -S).
 func (m *Machine) Start(startPaused bool) error {
 	st, _ := m.state.get()
-	if st != StatePrelaunch && st != StateInMigrate {
+	if st != StatePrelaunch {
 		return fmt.Errorf("start: machine is %s", st)
 	}
 	m.pause.set(true)

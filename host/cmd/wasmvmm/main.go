@@ -4,6 +4,7 @@
 //	wasmvmm run CONFIG.toml [flags]   boot the VM a configuration describes
 //	wasmvmm demo [flags]              boot the test guest with the default devices
 //	wasmvmm build-plugins [DIR]       build every plugin under plugins/ into DIR
+//	wasmvmm analyze FILE              print a migration stream as JSON
 //	wasmvmm machines                  list the machine types
 //	wasmvmm version
 //
@@ -36,6 +37,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdRun(rest, true, stdin, stdout, stderr)
 	case "build-plugins":
 		return cmdBuildPlugins(rest, stdout, stderr)
+	case "analyze":
+		return cmdAnalyze(rest, stdout, stderr)
 	case "machines":
 		return cmdMachines(rest, stdout, stderr)
 	case "version", "--version":
@@ -57,6 +60,8 @@ commands:
   run CONFIG.toml [flags]   boot the VM described by a configuration file
   demo [flags]              boot the test guest with every default device and the dirtier
   build-plugins [DIR]       build every plugin under plugins/ (default DIR: bin/plugins)
+  analyze [-d all|state|desc] FILE
+                            print a migration stream or snapshot as JSON
   machines                  list the machine types
   version                   print the version
 

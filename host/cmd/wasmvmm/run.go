@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"wasmvmm/host/machine"
 	"wasmvmm/host/machine/config"
+	"wasmvmm/host/migration"
 	"wasmvmm/host/monitor"
 	"wasmvmm/host/plugin"
 	"wasmvmm/host/pluginbuild"
@@ -274,22 +274,39 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		Preserved: plugin.NewFDRegistry(),
 		Logger:    log,
 	}
+	incoming, err := parseIncoming(f.incoming)
+	if err != nil {
+		return 2, err
+	}
 	loader.Preload(ctx, specs)
 	m, err := machine.New(machine.Config{
 		VM: vm, MachineType: mt, KVMPath: f.kvm, Logger: log,
 		Devices: loader.Factory(ctx, specs),
+		NoBoot:  incoming.active(),
 	})
 	if err != nil {
 		return 1, err
 	}
 	defer m.Close()
 	phase("machine built")
-	if len(f.incoming) > 0 {
-		return 1, errors.New("--incoming: migration is not available in this build yet")
+	var srv *qmp.Server
+	emit := func(name string, data map[string]any) {
+		if srv != nil {
+			srv.Emit(name, data)
+		}
 	}
+	mig := migration.New(migration.Config{Machine: m, MachineType: mt.Name, Plugins: loader.Migration, Logger: log.Named("migration"), Emit: emit})
 	if f.qmp != "" {
-		srv := qmp.NewServer(qmp.Config{Version: qmp.VersionInfo{Package: "wasmvmm " + version}, Logger: log.Named("qmp")})
-		if _, err := monitor.New(srv, m, vm.Machine.Type); err != nil {
+		srv = qmp.NewServer(qmp.Config{Version: qmp.VersionInfo{Package: "wasmvmm " + version}, Logger: log.Named("qmp")})
+		mon, err := monitor.New(srv, m, vm.Machine.Type)
+		if err != nil {
+			return 1, err
+		}
+		mc := &monitor.Migration{G: mig}
+		if incoming.deferred {
+			mc.Incoming = func(chs []migration.Channel) error { return incoming.start(ctx, mig, m, chs, log) }
+		}
+		if err := mon.RegisterMigration(mc); err != nil {
 			return 1, err
 		}
 		if err := srv.Listen(f.qmp); err != nil {
@@ -302,7 +319,17 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		return 1, err
 	}
 	defer restore()
-	if err := m.Start(f.paused); err != nil {
+	if incoming.active() {
+		m.SetAutostart(!f.paused)
+		if err := m.StartIncoming(); err != nil {
+			return 1, err
+		}
+		if !incoming.deferred {
+			if err := incoming.start(ctx, mig, m, incoming.channels, log); err != nil {
+				return 1, fmt.Errorf("incoming migration: %w", err)
+			}
+		}
+	} else if err := m.Start(f.paused); err != nil {
 		return 1, err
 	}
 	phase("vcpus started")

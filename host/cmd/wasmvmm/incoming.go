@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+
+	"wasmvmm/host/machine"
+	"wasmvmm/host/migration"
+)
+
+// incomingSpec is what the --incoming flags asked for.
+type incomingSpec struct {
+	deferred bool
+	channels []migration.Channel
+	once     sync.Once
+	started  bool
+}
+
+func (s *incomingSpec) active() bool { return s.deferred || len(s.channels) > 0 }
+
+// parseIncoming reads the repeatable --incoming flags: "defer", or URIs
+// (file:PATH, unix:PATH, tcp:HOST:PORT, fd:N, cpr,unix:PATH).
+func parseIncoming(flags []string) (*incomingSpec, error) {
+	s := &incomingSpec{}
+	for _, f := range flags {
+		if f == "defer" {
+			s.deferred = true
+			continue
+		}
+		ch, err := migration.ParseURI(f)
+		if err != nil {
+			return nil, fmt.Errorf("--incoming: %w", err)
+		}
+		s.channels = append(s.channels, ch)
+	}
+	mains := 0
+	for _, c := range s.channels {
+		if c.Type == "main" {
+			mains++
+		}
+	}
+	if mains > 1 || (s.deferred && mains > 0) {
+		return nil, errors.New("--incoming: give one main channel, or defer (and migrate-incoming)")
+	}
+	return s, nil
+}
+
+// start loads the incoming state from the main channel (once).
+func (s *incomingSpec) start(ctx context.Context, g *migration.Migrator, m *machine.Machine, chs []migration.Channel, log hclog.Logger) error {
+	var main *migration.Channel
+	for i := range chs {
+		if chs[i].Type == "main" {
+			main = &chs[i]
+		}
+	}
+	if main == nil {
+		return errors.New("no main channel")
+	}
+	already := true
+	s.once.Do(func() { already = false })
+	if already {
+		return errors.New("The incoming migration has already been started")
+	}
+	if st, _ := m.State(); st != machine.StateInMigrate {
+		return fmt.Errorf("the machine is %s, not waiting for an incoming migration", st)
+	}
+	log.Info("incoming migration", "from", main.String())
+	return g.Incoming(ctx, *main)
+}
