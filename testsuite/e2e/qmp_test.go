@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -180,5 +181,93 @@ func expectEvent(t *testing.T, events <-chan qmp.Event, name string) qmp.Event {
 		case <-timeout:
 			t.Fatalf("no %s event", name)
 		}
+	}
+}
+
+// waitMigration polls query-migrate until the status leaves the running
+// states and returns the final answer.
+func waitMigration(t *testing.T, mon *qmp.SocketMonitor) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r := qmpRun(t, mon, "query-migrate")
+		ret, _ := r["return"].(map[string]any)
+		switch ret["status"] {
+		case "completed", "failed", "cancelled":
+			return ret
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("migration still %v", ret["status"])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSnapshotThroughQMPAndIncomingProcess(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "src.sock")
+	cfg := writeConfig(t, dir, b.Guest, "workload=dirtier dirty_end=24M", "")
+	src := harness.Start(t, b, dir, "run", cfg, "--qmp", sock)
+	src.WaitSerial(t, "DIRTY pass=2\n", 20*time.Second)
+	mon := qmpClient(t, sock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := drainEvents(t, ctx, mon)
+	snap := filepath.Join(dir, "snap.bin")
+	if _, err := mon.Run([]byte(`{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mon.Run([]byte(`{"execute":"migrate","arguments":{"uri":"file:` + snap + `"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	info := waitMigration(t, mon)
+	if info["status"] != "completed" {
+		t.Fatalf("snapshot: %v", info)
+	}
+	expectEvent(t, events, "STOP")
+	if s := status(t, mon); s != "postmigrate" {
+		t.Fatalf("source after snapshot: %s", s)
+	}
+	if st, err := os.Stat(snap); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("snapshot file: %v %v", st, err)
+	}
+	before := passes(src.SerialText())
+
+	// analyze reads it.
+	code, out := harness.Run(t, b, "analyze", "-d", "state", snap)
+	if code != 0 || !strings.Contains(out, `"serial (`) || !strings.Contains(out, `"cpu (`) {
+		t.Fatalf("analyze: exit %d\n%.2000s", code, out)
+	}
+
+	// A new process restores it and the guest continues.
+	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "file:"+snap, "--qmp", filepath.Join(dir, "dst.sock"))
+	dmon := qmpClient(t, filepath.Join(dir, "dst.sock"))
+	deadline := time.Now().Add(20 * time.Second)
+	for passes(dst.SerialText()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("restored guest prints nothing; serial %q", dst.SerialText())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := status(t, dmon); s != "running" {
+		t.Fatalf("restored status %s", s)
+	}
+	stream := src.SerialText() + dst.SerialText()
+	if want := fmt.Sprintf("\nDIRTY pass=%d\n", before+1); !strings.Contains(stream, want) {
+		t.Fatalf("numbering does not continue: %q missing", want)
+	}
+	// cont resumes the source too (postmigrate -> running).
+	qmpRun(t, mon, "cont")
+	src.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", before+1), 20*time.Second)
+
+	// A corrupt snapshot: the new process refuses it and exits non-zero.
+	bad := filepath.Join(dir, "bad.bin")
+	data, _ := os.ReadFile(snap)
+	os.WriteFile(bad, data[:len(data)/3], 0o600)
+	code, out = harness.Run(t, b, "run", cfg, "--incoming", "file:"+bad, "--plugins", b.PluginDir, "--serial", "null")
+	if code == 0 || !strings.Contains(out, "truncated") || !strings.Contains(out, "offset") {
+		t.Fatalf("corrupt snapshot: exit %d: %s", code, out)
 	}
 }

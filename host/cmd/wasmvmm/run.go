@@ -243,11 +243,6 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	if err != nil {
 		return 1, err
 	}
-	if l.repo != "" && f.pluginDir == "" {
-		if _, err := pluginbuild.Ensure(ctx, l.repo, l.pluginDir); err != nil {
-			return 1, fmt.Errorf("build plugins: %w", err)
-		}
-	}
 	if demo && vm.Boot.Kernel == "" {
 		if vm.Boot.Kernel, err = l.ensureGuest(ctx); err != nil {
 			return 1, err
@@ -256,6 +251,16 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	specs, err := machine.DeviceSpecs(mt, vm)
 	if err != nil {
 		return 1, err
+	}
+	if l.repo != "" && f.pluginDir == "" {
+		// In a source checkout, (re)build the plugins this VM uses.
+		var names []string
+		for _, s := range specs {
+			names = append(names, s.Plugin)
+		}
+		if _, err := pluginbuild.Build(ctx, l.repo, l.pluginDir, names...); err != nil {
+			return 1, fmt.Errorf("build plugins: %w", err)
+		}
 	}
 	phase("config")
 	rt, err := plugin.NewRuntime(ctx, plugin.Config{Logger: log.Named("plugin")})
