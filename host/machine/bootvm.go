@@ -9,6 +9,7 @@ import (
 	"wasmvmm/host/kvm"
 	"wasmvmm/host/machine/acpi"
 	"wasmvmm/host/machine/boot"
+	"wasmvmm/host/machine/config"
 )
 
 // LAPIC register offsets and LVT delivery modes used to set up the BSP the
@@ -156,12 +157,17 @@ func (m *Machine) cmdline() string {
 // virtio-*) with their first IRQ.
 func (m *Machine) virtioDevices() []boot.VirtioMMIODevice {
 	var out []boot.VirtioMMIODevice
-	for _, d := range m.cfg.MachineType.Devices {
-		if len(d.MMIO) == 0 || len(d.IRQ) == 0 || !isVirtio(d.Plugin) {
+	for _, d := range m.devices {
+		pd, ok := d.(*PluginDevice)
+		if !ok {
 			continue
 		}
-		if r := m.MMIO.Find(d.MMIO[0]); r != nil {
-			out = append(out, boot.VirtioMMIODevice{Base: r.Base, Size: r.Size, IRQ: d.IRQ[0]})
+		s := pd.Spec()
+		if len(s.MMIO) == 0 || len(s.IRQ) == 0 || !isVirtio(s.Plugin) {
+			continue
+		}
+		if r := m.MMIO.Find(s.MMIO[0]); r != nil {
+			out = append(out, boot.VirtioMMIODevice{Base: r.Base, Size: r.Size, IRQ: s.IRQ[0]})
 		}
 	}
 	return out
@@ -176,9 +182,14 @@ func (m *Machine) writeACPI() (uint64, error) {
 	for _, d := range m.virtioDevices() {
 		cfg.VirtioMMIO = append(cfg.VirtioMMIO, acpi.VirtioMMIODevice{Base: d.Base, Size: d.Size, IRQ: d.IRQ})
 	}
-	for _, d := range m.cfg.MachineType.Devices {
-		if len(d.PIO) > 0 && len(d.IRQ) > 0 && d.Plugin == "serial-16550" {
-			cfg.Serial = append(cfg.Serial, acpi.SerialPort{Port: uint16(d.PIO[0]), IRQ: uint8(d.IRQ[0])})
+	for _, d := range m.devices {
+		pd, ok := d.(*PluginDevice)
+		if !ok {
+			continue
+		}
+		s := pd.Spec()
+		if len(s.PIO) > 0 && len(s.IRQ) > 0 && config.PluginType(s.Plugin) == "serial-16550" && s.IRQ[0] < 16 {
+			cfg.Serial = append(cfg.Serial, acpi.SerialPort{Port: uint16(s.PIO[0]), IRQ: uint8(s.IRQ[0])})
 		}
 	}
 	t, err := acpi.Build(cfg)

@@ -45,7 +45,9 @@ type moduleLoad struct {
 // VM and RAM; Factory waits for them.
 func (l *PluginLoader) Preload(ctx context.Context, specs []DeviceSpec) {
 	for _, s := range specs {
-		l.module(ctx, s.Plugin)
+		if !s.Absent() {
+			l.module(ctx, s.Plugin)
+		}
 	}
 }
 
@@ -140,6 +142,9 @@ func (l *PluginLoader) Factory(ctx context.Context, specs []DeviceSpec) DeviceFa
 	return func(m *Machine) ([]Device, error) {
 		var devs []Device
 		for _, s := range specs {
+			if s.Absent() {
+				continue
+			}
 			d, err := l.create(ctx, m, s)
 			if err != nil {
 				for _, d := range devs {

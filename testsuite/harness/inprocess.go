@@ -2,7 +2,6 @@ package harness
 
 import (
 	"context"
-	"io"
 	"os"
 	"strings"
 	"sync"
@@ -31,6 +30,11 @@ type MachineOptions struct {
 	// Devices, when set, replaces the plugin devices (e.g. a native handler
 	// for a comparison).
 	Devices machine.DeviceFactory
+	// Backends attaches backends by device id and name, e.g.
+	// {"blk0": {"disk": "/tmp/img"}}.
+	Backends map[string]map[string]string
+	// Incoming opens block images inactive (an incoming migration).
+	Incoming bool
 }
 
 // InProcess is a machine built in the test process with the real plugins.
@@ -93,6 +97,9 @@ func NewMachine(t testing.TB, o MachineOptions) *InProcess {
 		Machine: config.MachineSection{Type: mt.Name, Memory: config.Size(o.Memory), CPUs: o.CPUs, ShareMemory: o.Share},
 		Boot:    config.BootSection{Kernel: b.Guest, Cmdline: o.Cmdline},
 	}
+	for id, bs := range o.Backends {
+		vm.Devices = append(vm.Devices, config.DeviceConfig{ID: id, Backends: bs})
+	}
 	ip := &InProcess{Console: &SyncBuffer{}, Runtime: Runtime(t)}
 	devices := o.Devices
 	if devices == nil {
@@ -107,7 +114,7 @@ func NewMachine(t testing.TB, o MachineOptions) *InProcess {
 				if name == "console" {
 					return backend.NewIO(device+"."+name, nil, ip.Console), nil
 				}
-				return backend.NewIO(device+"."+name, nil, io.Discard), nil
+				return machine.OpenBackend(device, name, spec, kind, machine.BackendOptions{Incoming: o.Incoming, Owner: "test"})
 			},
 			Migration: plugin.NewMigrationRegistry(),
 			Preserved: plugin.NewFDRegistry(),

@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 
 	"wasmvmm/abi"
 	"wasmvmm/host/backend"
+	"wasmvmm/host/machine"
 	"wasmvmm/host/plugin"
 )
 
@@ -20,37 +20,30 @@ type console struct {
 	mu             sync.Mutex
 	onQuit         func()
 	usesStdio      bool
+	opts           machine.BackendOptions
 }
 
 func newConsole(stdin io.Reader, stdout, stderr io.Writer) *console {
 	return &console{stdin: stdin, stdout: stdout, stderr: stderr}
 }
 
-// open implements machine.BackendOpener for char backends:
-// stdio, null, file:PATH (output only), unix:PATH (a listening socket).
+// open implements machine.BackendOpener: "stdio" is the terminal (with the
+// C-a escape); everything else goes to machine.OpenBackend.
 func (c *console) open(device, name, spec string, kind abi.BackendKind) (plugin.Backend, error) {
+	if spec != "stdio" {
+		return machine.OpenBackend(device, name, spec, kind, c.opts)
+	}
 	if kind != abi.BackendChar {
-		return nil, fmt.Errorf("device %s backend %q = %q: only char backends (stdio, null, file:, unix:) are configurable yet", device, name, spec)
+		return nil, fmt.Errorf("device %s backend %q: stdio is a char backend", device, name)
 	}
-	label := device + "." + name
-	switch {
-	case spec == "stdio":
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.usesStdio {
-			return nil, fmt.Errorf("device %s backend %q: stdio is already used by another device", device, name)
-		}
-		c.usesStdio = true
-		in := &escapeReader{r: c.stdin, help: c.stdout, onQuit: c.quit}
-		return backend.NewIO(label, in, c.stdout), nil
-	case spec == "null":
-		return backend.NewIO(label, nil, io.Discard), nil
-	case strings.HasPrefix(spec, "file:"):
-		return backend.NewFile(label, strings.TrimPrefix(spec, "file:"))
-	case strings.HasPrefix(spec, "unix:"):
-		return backend.NewSocket(label, strings.TrimPrefix(spec, "unix:"))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.usesStdio {
+		return nil, fmt.Errorf("device %s backend %q: stdio is already used by another device", device, name)
 	}
-	return nil, fmt.Errorf("device %s backend %q: unknown spec %q (want stdio, null, file:PATH or unix:PATH)", device, name, spec)
+	c.usesStdio = true
+	in := &escapeReader{r: c.stdin, help: c.stdout, onQuit: c.quit}
+	return backend.NewIO(device+"."+name, in, c.stdout), nil
 }
 
 func (c *console) quit() {

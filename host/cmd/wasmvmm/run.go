@@ -271,6 +271,7 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	defer rt.Close(context.Background())
 
 	console := newConsole(stdin, stdout, stderr)
+	console.opts = machine.BackendOptions{Incoming: len(f.incoming) > 0, Owner: fmt.Sprintf("wasmvmm pid %d", os.Getpid())}
 	loader := &machine.PluginLoader{
 		Runtime:   rt,
 		Find:      func(name string) (string, error) { return pluginbuild.Find(name, []string{l.pluginDir}) },

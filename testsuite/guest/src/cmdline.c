@@ -150,7 +150,11 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 			cfg->nr_virtio++;
 	} else {
 		static const char *const keys[] = { "dirty_start", "dirty_end", "dirty_rate_mb",
-						    "marker_every", "pio_port", "pio_count" };
+						    "marker_every", "pio_port", "pio_count",
+						    "blk_test", "blk_start", "blk_sectors", "blk_seed",
+						    "net_test", "net_frames", "net_size", "net_mrg",
+						    "gpu_test", "dev_every", "dev_mem", "dev_mem_size",
+						    "dev_timeout_ms" };
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
 			if (!token_is(t, eq, keys[k]))
 				continue;
@@ -175,6 +179,29 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 					cfg->pio_port = num;
 				break;
 			case 5: cfg->pio_count = num; break;
+			case 6: cfg->blk_test = num; break;
+			case 7: cfg->blk_start = num; break;
+			case 8: cfg->blk_sectors = num; break;
+			case 9: cfg->blk_seed = num; break;
+			case 10: cfg->net_test = num; break;
+			case 11: cfg->net_frames = num; break;
+			case 12:
+				if (num < 60 || num > 1514)
+					fail(cfg, "net_size must be 60..1514", t, n);
+				else
+					cfg->net_size = num;
+				break;
+			case 13: cfg->net_mrg = num; break;
+			case 14: cfg->gpu_test = num; break;
+			case 15: cfg->dev_every = num; break;
+			case 16: cfg->dev_mem = num; break;
+			case 17: cfg->dev_mem_size = num; break;
+			case 18:
+				if (num == 0 || num > 3600000)
+					fail(cfg, "dev_timeout_ms must be 1..3600000", t, n);
+				else
+					cfg->dev_timeout_ms = num;
+				break;
 			}
 			return;
 		}
@@ -189,6 +216,13 @@ void parse_cmdline(const char *s, struct config *cfg)
 	cfg->pio_port = 0x80;
 	cfg->pio_count = 100000;
 	cfg->console_pio = 0;
+	cfg->blk_sectors = 64;
+	cfg->net_frames = 8;
+	cfg->net_size = 64;
+	cfg->net_mrg = 1;
+	cfg->dev_mem = 4 * MiB;
+	cfg->dev_mem_size = 12 * MiB;
+	cfg->dev_timeout_ms = 5000;
 	while (*s) {
 		while (is_space(*s))
 			s++;

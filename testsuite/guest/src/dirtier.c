@@ -10,7 +10,7 @@
  *   - after every marker_every-th pass: "DIRTY pass=<N>".
  * With dirty_rate_mb > 0 the loop is paced with RDTSC (native in ring 3).
  */
-#include "guest.h"
+#include "virtio.h"
 
 static struct line out; /* zero: ring-3 console */
 
@@ -141,6 +141,8 @@ void run_dirtier(const struct bootinfo *bi, const struct config *cfg, int suspen
 		}
 		if (pass % every == 0)
 			marker(pass);
+		if (cfg->dev_every && pass % cfg->dev_every == 0)
+			devices_periodic(pass);
 		if (suspend && pass == 1)
 			suspend_now();
 	}

@@ -140,6 +140,13 @@ struct config {
 	u32 console_pio;            /* 1: ring-3 output by trapping in/out (#GP), 0 (default): SYS_WRITE */
 	u32 nr_virtio;
 	struct virtio_mmio_dev virtio[MAX_VIRTIO_MMIO];
+	/* virtio device checks (devices.c, README.md) */
+	u64 blk_test, blk_start, blk_sectors, blk_seed;
+	u64 net_test, net_frames, net_size, net_mrg;
+	u64 gpu_test;
+	u64 dev_every;              /* dirtier passes between device checks, 0 = never */
+	u64 dev_mem, dev_mem_size;  /* the drivers' DMA area */
+	u64 dev_timeout_ms;
 	const char *error;          /* first parse error, or NULL */
 	char bad[64];               /* the offending token */
 };

@@ -3,7 +3,7 @@
  * workload dispatch, ACPI power-off. Runs natively under PVM; its port I/O
  * traps to the kernel's #GP handler, its privileged requests are system calls (a marked UD2, see entry.S).
  */
-#include "guest.h"
+#include "virtio.h"
 
 static struct config cfg;
 static char cmdline[4096];
@@ -189,6 +189,8 @@ void user_main(struct bootinfo *bi)
 		ln_dec(&out, cfg.virtio[i].irq);
 		ln_end(&out);
 	}
+
+	devices_boot(bi, &cfg); /* nothing unless blk_test/net_test/gpu_test */
 
 	switch (cfg.workload) {
 	case WL_IDLE:

@@ -1,0 +1,57 @@
+package e2e
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"wasmvmm/host/blockdev"
+	"wasmvmm/testsuite/harness"
+)
+
+// scratchImage creates a sparse raw image of size bytes.
+func scratchImage(t *testing.T, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return p
+}
+
+func TestDiskAttachedAndOwned(t *testing.T) {
+	img := scratchImage(t, 64<<20)
+	ip := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle", Backends: map[string]map[string]string{"blk0": {"disk": img}}})
+	if err := ip.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	ip.WaitConsole(t, "GUEST IDLE", 10*time.Second)
+	out := ip.Console.String()
+	if !strings.Contains(out, "VIRTIO-MMIO count=1") || !strings.Contains(out, "512@0xd0000200:6") {
+		t.Fatalf("the guest was not told about the disk:\n%s", out)
+	}
+	// A second VMM cannot open the image read-write while this one owns it.
+	_, err := blockdev.Open(img, blockdev.Options{Owner: "second vmm"})
+	if !errors.Is(err, blockdev.ErrLocked) || !strings.Contains(err.Error(), "pid") {
+		t.Fatalf("second owner: %v", err)
+	}
+}
+
+func TestDeviceWithNoBackendIsLeftOut(t *testing.T) {
+	ip := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle"})
+	if err := ip.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	ip.WaitConsole(t, "GUEST IDLE", 10*time.Second)
+	if !strings.Contains(ip.Console.String(), "VIRTIO-MMIO count=0") {
+		t.Fatalf("devices without a backend were placed:\n%s", ip.Console.String())
+	}
+}
