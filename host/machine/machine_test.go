@@ -304,3 +304,39 @@ func tail(s string) string {
 	}
 	return s
 }
+
+// TestLegacyResetPorts: a write of the reset command to port 0xcf9 or to
+// the i8042 command port reboots the guest, as the guest itself would do it.
+func TestLegacyResetPorts(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		port uint64
+		val  uint64
+	}{{"0xcf9", portResetCtl, resetCtlSystem | resetCtlCPU}, {"i8042", portI8042Cmd, i8042CmdReset}} {
+		t.Run(c.name, func(t *testing.T) {
+			m, sink := newTestMachine(t, "workload=idle", 64<<20)
+			if err := m.Start(false); err != nil {
+				t.Fatal(err)
+			}
+			sink.waitFor(t, "WASMVMM-GUEST READY", 10*time.Second)
+			if !m.PIO.Write(c.port, 1, c.val) {
+				t.Fatalf("port %#x has no handler", c.port)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for strings.Count(sink.String(), "WASMVMM-GUEST READY") < 2 {
+				if time.Now().After(deadline) {
+					t.Fatalf("no reboot after the reset write:\n%s", sink.String())
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	// Port 0x80 swallows POST codes; unassigned ports read as all ones.
+	m, _ := newTestMachine(t, "workload=idle", 64<<20)
+	if !m.PIO.Write(portPOST, 1, 0x55) {
+		t.Fatal("port 0x80 has no sink")
+	}
+	if _, ok := m.PIO.Read(0x1234, 1); ok {
+		t.Fatal("an unassigned port has a handler")
+	}
+}

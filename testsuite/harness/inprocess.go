@@ -25,6 +25,7 @@ type MachineOptions struct {
 	Memory      uint64 // default 128 MiB
 	CPUs        int
 	Cmdline     string
+	Kernel      string // default: the test guest
 	Share       bool
 	NoBoot      bool
 	// Devices, when set, replaces the plugin devices (e.g. a native handler
@@ -96,6 +97,9 @@ func NewMachine(t testing.TB, o MachineOptions) *InProcess {
 	vm := &config.VM{
 		Machine: config.MachineSection{Type: mt.Name, Memory: config.Size(o.Memory), CPUs: o.CPUs, ShareMemory: o.Share},
 		Boot:    config.BootSection{Kernel: b.Guest, Cmdline: o.Cmdline},
+	}
+	if o.Kernel != "" {
+		vm.Boot.Kernel = o.Kernel
 	}
 	for id, bs := range o.Backends {
 		vm.Devices = append(vm.Devices, config.DeviceConfig{ID: id, Backends: bs})

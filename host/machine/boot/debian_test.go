@@ -4,115 +4,19 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
+	"wasmvmm/testsuite/linux"
 )
-
-// linuxTestEnabled reports whether the test that downloads a real Debian
-// kernel should run: under CI, or when WASMVMM_LINUX_TEST=1.
-func linuxTestEnabled() bool {
-	return inCI() || os.Getenv("WASMVMM_LINUX_TEST") == "1"
-}
-
-// linuxCacheDir is where the downloaded kernel is kept between runs:
-// $XDG_CACHE_HOME/wasmvmm/linux, else ~/.cache/wasmvmm/linux.
-func linuxCacheDir(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("XDG_CACHE_HOME")
-	if base == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatalf("no cache directory: %v", err)
-		}
-		base = filepath.Join(home, ".cache")
-	}
-	dir := filepath.Join(base, "wasmvmm", "linux")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-// run runs a command in dir and returns its standard output.
-func run(t *testing.T, dir, name string, args ...string) (string, error) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Logf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out), err
-}
-
-var kernelPackage = regexp.MustCompile(`Depends: (linux-image-[0-9][^\s]*-cloud-amd64)\b`)
-
-// debianKernel returns the path of Debian's cloud kernel (a bzImage),
-// downloading the package that linux-image-cloud-amd64 depends on into the
-// cache directory and extracting /boot/vmlinuz-* from it on first use.
-func debianKernel(t *testing.T) (path, pkg string) {
-	t.Helper()
-	for _, tool := range []string{"apt-cache", "apt-get", "dpkg-deb"} {
-		_, err := exec.LookPath(tool)
-		requirePrereq(t, err == nil, "%s not found (a Debian host is needed to fetch the kernel): %v", tool, err)
-	}
-	cache := linuxCacheDir(t)
-	out, _ := run(t, cache, "apt-cache", "depends", "linux-image-cloud-amd64")
-	m := kernelPackage.FindStringSubmatch(out)
-	if m == nil {
-		if _, err := run(t, cache, "apt-get", "update"); err != nil {
-			t.Fatalf("apt-get update failed; cannot resolve linux-image-cloud-amd64")
-		}
-		out, _ = run(t, cache, "apt-cache", "depends", "linux-image-cloud-amd64")
-		if m = kernelPackage.FindStringSubmatch(out); m == nil {
-			t.Fatalf("apt-cache depends linux-image-cloud-amd64 names no kernel package:\n%s", out)
-		}
-	}
-	pkg = m[1]
-	version := strings.TrimPrefix(pkg, "linux-image-")
-	path = filepath.Join(cache, "vmlinuz-"+version)
-	if _, err := os.Stat(path); err == nil {
-		return path, pkg
-	}
-	work := t.TempDir()
-	if _, err := run(t, work, "apt-get", "download", pkg); err != nil {
-		t.Fatalf("apt-get download %s failed", pkg)
-	}
-	debs, _ := filepath.Glob(filepath.Join(work, pkg+"_*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("apt-get download %s left %d .deb files", pkg, len(debs))
-	}
-	root := filepath.Join(work, "root")
-	if _, err := run(t, work, "dpkg-deb", "-x", debs[0], root); err != nil {
-		t.Fatalf("dpkg-deb -x %s failed", debs[0])
-	}
-	b, err := os.ReadFile(filepath.Join(root, "boot", "vmlinuz-"+version))
-	if err != nil {
-		t.Fatalf("package %s has no /boot/vmlinuz-%s: %v", pkg, version, err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-	return path, pkg
-}
 
 // TestDebianKernel parses, loads and prepares the boot of Debian's real
 // cloud kernel. It does not run it: the software KVM on the project's
 // machines cannot boot Linux (see KVM-HOSTS.md); a VT-x/AMD-V test does.
 func TestDebianKernel(t *testing.T) {
-	if !linuxTestEnabled() {
+	if !linux.Enabled() {
 		t.Skip("skipping: set WASMVMM_LINUX_TEST=1 (or CI=true) to download Debian's linux-image-cloud-amd64 and check it")
 	}
-	path, pkg := debianKernel(t)
+	path, pkg := linux.Kernel(t)
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -295,10 +199,10 @@ func decodeLZ4Block(out, blk []byte) ([]byte, bool) {
 // TestDebianVmlinux extracts the uncompressed vmlinux from Debian's
 // bzImage (its payload_offset/payload_length) and loads it with LoadELF.
 func TestDebianVmlinux(t *testing.T) {
-	if !linuxTestEnabled() {
+	if !linux.Enabled() {
 		t.Skip("skipping: set WASMVMM_LINUX_TEST=1 (or CI=true) to download Debian's linux-image-cloud-amd64 and check it")
 	}
-	path, _ := debianKernel(t)
+	path, _ := linux.Kernel(t)
 	img, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
