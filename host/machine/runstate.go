@@ -97,13 +97,3 @@ func (r *runState) emit(ev Event) {
 		l(ev)
 	}
 }
-
-// waitFor blocks until the state satisfies pred and returns it.
-func (r *runState) waitFor(pred func(RunState) bool) RunState {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for !pred(r.state) {
-		r.cond.Wait()
-	}
-	return r.state
-}

@@ -17,7 +17,6 @@ type incomingSpec struct {
 	deferred bool
 	channels []migration.Channel
 	once     sync.Once
-	started  bool
 }
 
 func (s *incomingSpec) active() bool { return s.deferred || len(s.channels) > 0 }
