@@ -1,0 +1,372 @@
+package netdev
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"wasmvmm/abi"
+	"wasmvmm/host/netdev/netnstest"
+	"wasmvmm/host/plugin"
+)
+
+// The backends satisfy the host's interfaces.
+var (
+	_ plugin.NetBackend = (*Tap)(nil)
+	_ plugin.Watchable  = (*Tap)(nil)
+	_ plugin.FDHolder   = (*Tap)(nil)
+	_ Backend           = (*Unix)(nil)
+	_ Backend           = (*Discard)(nil)
+)
+
+func wouldBlockErr(err error) bool {
+	var wb interface{ WouldBlock() bool }
+	return errors.As(err, &wb) && wb.WouldBlock()
+}
+
+// split cuts p into scattered slices of the given sizes (the rest last).
+func split(p []byte, sizes ...int) [][]byte {
+	var out [][]byte
+	for _, n := range sizes {
+		n = min(n, len(p))
+		out = append(out, p[:n])
+		p = p[n:]
+	}
+	return append(out, p)
+}
+
+func TestOpenSpecs(t *testing.T) {
+	for _, bad := range []string{"", "tap:", "tap:x,frob", "unix-listen:", "unix-connect:", "discard:x", "socket:/x", "tap:" + strings.Repeat("a", 16)} {
+		if b, err := Open(bad); err == nil {
+			b.(Backend).Close()
+			t.Errorf("Open(%q) succeeded", bad)
+		}
+	}
+	b, err := Open("discard")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Kind() != abi.BackendNet {
+		t.Errorf("kind %v", b.Kind())
+	}
+}
+
+func TestDiscard(t *testing.T) {
+	d := NewDiscard()
+	n, err := d.SendSG(split(make([]byte, 1000), 10, 500))
+	if n != 1000 || err != nil {
+		t.Fatalf("send: %d %v", n, err)
+	}
+	if _, err := d.RecvSG([][]byte{make([]byte, 100)}); !wouldBlockErr(err) {
+		t.Fatalf("recv: %v", err)
+	}
+	if f, b := d.Stats(); f != 1 || b != 1000 {
+		t.Errorf("stats %d %d", f, b)
+	}
+	if d.Ready() != abi.EventWritable || d.FD() != -1 {
+		t.Error("readiness or fd")
+	}
+}
+
+// notifier counts Watch notifications.
+type notifier struct{ n atomic.Int32 }
+
+func (c *notifier) fn() { c.n.Add(1) }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func pair(t *testing.T) (*Unix, *Unix, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "net.sock")
+	l, err := OpenBackend("unix-listen:" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	c, err := OpenBackend("unix-connect:" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, u := range []*Unix{l.(*Unix), c.(*Unix)} {
+		if err := u.WaitConnected(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l.(*Unix), c.(*Unix), path
+}
+
+func TestUnixFrames(t *testing.T) {
+	l, c, _ := pair(t)
+	var nl notifier
+	l.Watch(nl.fn)
+	// Nothing waiting: would block, and the empty state is observed.
+	if _, err := l.RecvSG([][]byte{make([]byte, 64)}); !wouldBlockErr(err) {
+		t.Fatalf("recv on an empty socket: %v", err)
+	}
+	if l.Ready()&abi.EventReadable != 0 {
+		t.Fatal("readable with nothing sent")
+	}
+	before := nl.n.Load()
+	frame := make([]byte, 1514)
+	for i := range frame {
+		frame[i] = byte(i * 7)
+	}
+	if n, err := c.SendSG(split(frame, 14, 100, 1)); n != len(frame) || err != nil {
+		t.Fatalf("send: %d %v", n, err)
+	}
+	waitFor(t, "a readiness notification", func() bool { return nl.n.Load() > before })
+	if l.Ready()&abi.EventReadable == 0 {
+		t.Fatal("not readable after a frame arrived")
+	}
+	got := make([]byte, 2048)
+	n, err := l.RecvSG(split(got, 3, 1000))
+	if n != len(frame) || err != nil || !bytes.Equal(got[:n], frame) {
+		t.Fatalf("recv: %d %v, equal %v", n, err, bytes.Equal(got[:n], frame))
+	}
+	// A frame longer than the buffers: truncated, full length reported.
+	c.SendSG([][]byte{frame})
+	waitFor(t, "the second frame", func() bool { return l.Ready()&abi.EventReadable != 0 })
+	small := make([]byte, 100)
+	if n, err := l.RecvSG([][]byte{small}); n != len(frame) || err != nil || !bytes.Equal(small, frame[:100]) {
+		t.Fatalf("truncated recv: %d %v", n, err)
+	}
+	// And the other way.
+	l.SendSG([][]byte{frame[:60]})
+	waitFor(t, "the reverse frame", func() bool { return c.Ready()&abi.EventReadable != 0 })
+	if n, err := c.RecvSG([][]byte{got}); n != 60 || err != nil || !bytes.Equal(got[:60], frame[:60]) {
+		t.Fatalf("reverse recv: %d %v", n, err)
+	}
+	if s, r, d := c.Stats(); s != 2 || r != 1 || d != 0 {
+		t.Errorf("connector stats %d %d %d", s, r, d)
+	}
+}
+
+func TestUnixBackpressure(t *testing.T) {
+	l, c, _ := pair(t)
+	var nc notifier
+	c.Watch(nc.fn)
+	frame := make([]byte, 60000)
+	sent := 0
+	for ; sent < 10000; sent++ {
+		_, err := c.SendSG([][]byte{frame})
+		if wouldBlockErr(err) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sent == 10000 {
+		t.Fatal("the socket never filled")
+	}
+	if c.Ready()&abi.EventWritable != 0 {
+		t.Fatal("writable while full")
+	}
+	before := nc.n.Load()
+	buf := make([]byte, 65536)
+	for i := 0; i < sent; i++ {
+		if n, err := l.RecvSG([][]byte{buf}); n != len(frame) || err != nil {
+			t.Fatalf("frame %d: %d %v", i, n, err)
+		}
+	}
+	waitFor(t, "a writable notification", func() bool { return nc.n.Load() > before })
+	if c.Ready()&abi.EventWritable == 0 {
+		t.Fatal("not writable after draining")
+	}
+}
+
+func TestUnixReconnect(t *testing.T) {
+	l, c, path := pair(t)
+	// The connecting side goes away; a new one connects and replaces it.
+	c.Close()
+	c2, err := ConnectUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c2.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	frame := []byte("0123456789abcdef-reconnected")
+	waitFor(t, "the new peer's frame", func() bool {
+		c2.SendSG([][]byte{frame})
+		buf := make([]byte, 100)
+		n, err := l.RecvSG([][]byte{buf})
+		return err == nil && bytes.Equal(buf[:n], frame)
+	})
+	// The listener goes away and comes back: the connector redials.
+	l.Close()
+	waitFor(t, "the connector to notice", func() bool {
+		c2.SendSG([][]byte{frame}) // EPIPE/ECONNRESET drop the connection
+		_, err := c2.RecvSG([][]byte{make([]byte, 100)})
+		return wouldBlockErr(err) && !c2.Connected()
+	})
+	if n, err := c2.SendSG([][]byte{frame}); n != len(frame) || err != nil {
+		t.Fatalf("send without a peer: %d %v (want the frame dropped)", n, err)
+	}
+	l2, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if err := c2.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l2.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.SendSG([][]byte{frame}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a frame after reconnecting", func() bool {
+		buf := make([]byte, 100)
+		n, err := l2.RecvSG([][]byte{buf})
+		return err == nil && bytes.Equal(buf[:n], frame)
+	})
+	if _, _, d := c2.Stats(); d == 0 {
+		t.Error("no frame counted as dropped while disconnected")
+	}
+}
+
+func TestUnixStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stale.sock")
+	l, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ListenUnix(path); err == nil {
+		t.Fatal("second listener on a live socket")
+	}
+	// Leave a socket file nobody listens on.
+	l.ln.SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := ListenUnix(path)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l2.Close()
+}
+
+// TestTapInNamespace creates a tap interface in a namespace of its own,
+// gives it an address and asks the kernel, with an ARP request sent into
+// the tap, for that address's MAC; the kernel's reply comes back out of
+// the tap. Both header modes.
+func TestTapInNamespace(t *testing.T) {
+	ns := netnstest.New(t)
+	for _, vnet := range []bool{false, true} {
+		name := "wvtap0"
+		if vnet {
+			name = "wvtap1"
+		}
+		var tap *Tap
+		if err := ns.Do(func() error {
+			var err error
+			tap, err = OpenTap(TapConfig{Name: name, VnetHdr: vnet})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer tap.Close()
+		if tap.Name() != name || tap.FD() < 0 || tap.VnetHdr() != vnet {
+			t.Fatalf("tap %q fd %d vnet %v", tap.Name(), tap.FD(), tap.VnetHdr())
+		}
+		hostIP := net.IPv4(10, 77, 0, 1)
+		if vnet {
+			hostIP = net.IPv4(10, 78, 0, 1)
+		}
+		for _, args := range [][]string{
+			{"addr", "add", hostIP.String() + "/24", "dev", name},
+			{"link", "set", name, "up"},
+		} {
+			if _, err := ns.IP(args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, _ := ns.IP("link", "show", name)
+		kernelMAC := ""
+		if i := strings.Index(out, "link/ether "); i >= 0 {
+			kernelMAC = strings.Fields(out[i+len("link/ether "):])[0]
+		}
+		var nt notifier
+		tap.Watch(nt.fn)
+		tap.Ready()
+		for {
+			if _, err := tap.RecvSG([][]byte{make([]byte, 2048)}); err != nil {
+				break // drain anything the kernel sent at link up
+			}
+		}
+		guestIP := net.IPv4(10, 77, 0, 2)
+		if vnet {
+			guestIP = net.IPv4(10, 78, 0, 2)
+		}
+		req := netnstest.ARPRequest(net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, guestIP, hostIP)
+		bufs := split(req, 14, 8)
+		hdr := make([]byte, VnetHdrLen)
+		if vnet {
+			bufs = append([][]byte{hdr}, bufs...)
+		}
+		want := len(req)
+		if vnet {
+			want += VnetHdrLen
+		}
+		before := nt.n.Load()
+		if n, err := tap.SendSG(bufs); n != want || err != nil {
+			t.Fatalf("send: %d %v", n, err)
+		}
+		waitFor(t, "a readiness notification for the reply", func() bool { return nt.n.Load() > before })
+		deadline := time.Now().Add(5 * time.Second)
+		var got net.HardwareAddr
+		for got == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("vnet_hdr=%v: no ARP reply from the kernel (%d notifications)", vnet, nt.n.Load())
+			}
+			buf := make([]byte, 2048)
+			rx := [][]byte{buf}
+			if vnet {
+				rx = [][]byte{hdr, buf}
+			}
+			n, err := tap.RecvSG(rx)
+			if wouldBlockErr(err) {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vnet {
+				n -= VnetHdrLen
+			}
+			got, _ = netnstest.ARPReply(buf[:n], net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, guestIP, hostIP)
+		}
+		if got.String() != kernelMAC {
+			t.Errorf("ARP reply says %s, the tap's MAC is %q", got, kernelMAC)
+		}
+		if s, r := tap.Stats(); s != 1 || r == 0 {
+			t.Errorf("stats %d %d", s, r)
+		}
+	}
+}
