@@ -69,6 +69,16 @@ static void probe(void)
 	}
 }
 
+/* "GUEST INFO <what> us=N" since t0 (TSC). */
+static void info_us(const char *what, u64 t0)
+{
+	ln_str(&out, "GUEST INFO ");
+	ln_str(&out, what);
+	ln_str(&out, " us=");
+	ln_dec(&out, (rdtsc() - t0) / (denv.hz / 1000000 ? denv.hz / 1000000 : 1));
+	ln_end(&out);
+}
+
 static void boot_blk(void)
 {
 	struct vdev *d = &dv.blk;
@@ -182,12 +192,21 @@ void devices_boot(const struct bootinfo *bi, const struct config *cfg)
 	dv.blk.err[0] = dv.blk.base ? 0 : dv.blk.err[0];
 	dv.net.err[0] = dv.net.base ? 0 : dv.net.err[0];
 	dv.gpu.err[0] = dv.gpu.base ? 0 : dv.gpu.err[0];
-	if (dv.want_blk)
+	u64 t0 = rdtsc();
+	if (dv.want_blk) {
 		boot_blk();
-	if (dv.want_net)
+		info_us("blk_test", t0);
+		t0 = rdtsc();
+	}
+	if (dv.want_net) {
 		boot_net();
-	if (dv.want_gpu)
+		info_us("net_test", t0);
+		t0 = rdtsc();
+	}
+	if (dv.want_gpu) {
 		boot_gpu();
+		info_us("gpu_test", t0);
+	}
 }
 
 /* One periodic pass: blk re-read/verify, one net echo, gpu transfer+flush.

@@ -16,6 +16,7 @@
 #define VIRTIO_BLK_T_OUT 1
 #define VIRTIO_BLK_T_FLUSH 4
 #define VIRTIO_BLK_T_GET_ID 8
+#define VIRTIO_BLK_S_UNSUPP 2
 
 #define SECTOR 512UL
 #define BLK_BUF (64 * KiB) /* largest request */
@@ -58,7 +59,8 @@ int blk_init(struct vdev *d)
 	return vdev_driver_ok(d);
 }
 
-/* One request: header (out), optional data (out or in), status (in). */
+/* One request: header (out), optional data (out or in), status (in).
+ * Returns -1 if the transport failed (device reset), else the status byte. */
 static int blk_request(struct vdev *d, u32 type, u64 sector, void *data, u32 len, int data_in)
 {
 	volatile u8 *status = (u8 *)blk.hdr + 64;
@@ -75,17 +77,31 @@ static int blk_request(struct vdev *d, u32 type, u64 sector, void *data, u32 len
 	b[n++] = (struct vbuf){ (void *)status, 1, 1 };
 	if (vq_exec(d, &blk.q, b, n, &used))
 		return -1;
-	if (*status != 0)
-		return vdev_fail(d, type == VIRTIO_BLK_T_GET_ID ? "GET_ID status" : "request status", *status);
-	return 0;
+	return *status;
+}
+
+/* A request that must succeed. */
+static int blk_do(struct vdev *d, u32 type, u64 sector, void *data, u32 len, int data_in)
+{
+	int st = blk_request(d, type, sector, data, len, data_in);
+	if (st > 0) {
+		static const char *const what[] = { "read status", "write status", "", "", "flush status" };
+		return vdev_fail(d, type < 5 ? what[type] : "request status", (u64)st);
+	}
+	return st;
 }
 
 int blk_get_id(struct vdev *d, char *serial)
 {
 	u8 *id = (u8 *)blk.hdr + 128;
 	memset(id, 0, 20);
-	if (blk_request(d, VIRTIO_BLK_T_GET_ID, 0, id, 20, 1))
-		return -1;
+	int st = blk_request(d, VIRTIO_BLK_T_GET_ID, 0, id, 20, 1);
+	if (st == VIRTIO_BLK_S_UNSUPP) { /* not fatal: the device has no id */
+		memcpy(serial, "(unsupported)", 14);
+		return 0;
+	}
+	if (st)
+		return st < 0 ? -1 : vdev_fail(d, "GET_ID status", (u64)st);
 	/* Up to 20 bytes, NUL-terminated only if shorter (§5.2.6). */
 	u32 i;
 	for (i = 0; i < 20 && id[i]; i++)
@@ -128,11 +144,11 @@ int blk_write_pattern(struct vdev *d, const struct blk_opts *o)
 		for (u64 k = 0; k < n; k++)
 			for (u64 i = 0; i < SECTOR; i++)
 				blk.buf[k * SECTOR + i] = pattern(s + k, i, o->seed);
-		if (blk_request(d, VIRTIO_BLK_T_OUT, s, blk.buf, (u32)(n * SECTOR), 0))
+		if (blk_do(d, VIRTIO_BLK_T_OUT, s, blk.buf, (u32)(n * SECTOR), 0))
 			return -1;
 	}
 	if (d->features & (1UL << VIRTIO_BLK_F_FLUSH))
-		return blk_request(d, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0);
+		return blk_do(d, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0);
 	return 0;
 }
 
@@ -146,7 +162,7 @@ int blk_verify(struct vdev *d, const struct blk_opts *o)
 		if (n > per)
 			n = per;
 		memset(blk.buf, 0xa5, n * SECTOR); /* stale data must not pass */
-		if (blk_request(d, VIRTIO_BLK_T_IN, s, blk.buf, (u32)(n * SECTOR), 1))
+		if (blk_do(d, VIRTIO_BLK_T_IN, s, blk.buf, (u32)(n * SECTOR), 1))
 			return -1;
 		for (u64 k = 0; k < n; k++)
 			for (u64 i = 0; i < SECTOR; i++) {
