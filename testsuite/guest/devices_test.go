@@ -55,9 +55,15 @@ func requireQEMU(t *testing.T) string {
 // transports (QEMU defaults to legacy, version 1), plus extra arguments.
 func startDevices(t *testing.T, dir, cmdline string, extra ...string) *qemuDevices {
 	t.Helper()
+	return startNamed(t, dir, "vm", cmdline, extra...)
+}
+
+// startNamed is startDevices with the QMP socket at dir/<name>-qmp.sock.
+func startNamed(t *testing.T, dir, name, cmdline string, extra ...string) *qemuDevices {
+	t.Helper()
 	qemu := requireQEMU(t)
 	elf := buildGuest(t)
-	q := &qemuDevices{dir: dir, qmp: filepath.Join(dir, "qmp.sock"), done: make(chan error, 1)}
+	q := &qemuDevices{dir: dir, qmp: filepath.Join(dir, name+"-qmp.sock"), done: make(chan error, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	args := append([]string{"-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
 		"-m", "256M", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
@@ -196,7 +202,13 @@ func (p *echoPeer) received() [][]byte {
 }
 
 func (p *echoPeer) args(mac string) []string {
-	return []string{"-netdev", "dgram,id=n0,local.type=unix,local.path=" + p.qemu +
+	return p.argsAt(p.qemu, mac)
+}
+
+// argsAt is args with QEMU's end of the link at local (a second QEMU, the
+// destination of a migration, needs its own).
+func (p *echoPeer) argsAt(local, mac string) []string {
+	return []string{"-netdev", "dgram,id=n0,local.type=unix,local.path=" + local +
 		",remote.type=unix,remote.path=" + p.peer,
 		"-device", "virtio-net-device,netdev=n0,mac=" + mac}
 }
@@ -519,4 +531,110 @@ func TestQEMUVirtioFailures(t *testing.T) {
 		q := startDevices(t, dir, "workload=idle net_test=1 dev_timeout_ms=300", peer.args(testMAC)...)
 		expectLine(t, q.serial, reNet, "NET FAIL no echo of seq=0x1")
 	})
+}
+
+// TestQEMUVirtioMigration migrates a guest running the periodic device
+// checks from one QEMU to another (shared image, the same echo peer) and
+// expects the checks to keep passing on the destination: the drivers'
+// rings, the device state and the gpu resource survive the migration.
+func TestQEMUVirtioMigration(t *testing.T) {
+	requireQEMU(t)
+	dir := shortTempDir(t)
+	img := newImage(t, dir, 1<<20)
+	peer := newEchoPeer(t, dir, -1)
+	const cmdline = "workload=dirtier dirty_end=20M dirty_rate_mb=100 marker_every=5 dev_every=5 " +
+		"blk_test=1 blk_sectors=128 net_test=1 net_frames=2 gpu_test=1"
+	devs := func(local string) []string {
+		args := append(blkArgs(img, ""), peer.argsAt(local, testMAC)...)
+		return append(args, "-device", "virtio-gpu-device,xres=320,yres=200")
+	}
+	src := startNamed(t, dir, "src", cmdline, devs(filepath.Join(dir, "src-net.sock"))...)
+	expectLine(t, src.serial, reBlk, "BLK OK sectors=128")
+	expectLine(t, src.serial, reNet, "NET OK frames=2")
+	expectLine(t, src.serial, reGPU, "GPU OK 320x200")
+	expectLine(t, src.serial, regexp.MustCompile(`^DEV .*pass=5\b.*$`), "DEV OK pass=5")
+
+	mig := filepath.Join(dir, "mig.sock")
+	dst := startNamed(t, dir, "dst", cmdline, append(devs(filepath.Join(dir, "dst-net.sock")), "-incoming", "unix:"+mig)...)
+	waitFile(t, mig)
+	began := time.Now()
+	if _, err := qmpCommand(src.qmp, "migrate", map[string]any{"uri": "unix:" + mig}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ret, err := qmpCommand(src.qmp, "query-migrate", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st struct {
+			Status   string `json:"status"`
+			Downtime int64  `json:"downtime"`
+		}
+		if err := json.Unmarshal(ret, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Status == "completed" {
+			t.Logf("migration completed in %v, downtime %d ms", time.Since(began), st.Downtime)
+			break
+		}
+		if st.Status == "failed" || st.Status == "cancelled" || time.Since(began) > time.Minute {
+			t.Fatalf("migration %s: %s", st.Status, ret)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The source stopped after some pass P; the destination goes on with
+	// P+1, P+2, ... and its device checks must pass.
+	lastSrc := 5 // seen above
+	for _, l := range src.serial.drain() {
+		if m := reDevAny.FindStringSubmatch(l); m != nil && m[3] != "" {
+			lastSrc, _ = strconv.Atoi(m[3])
+		}
+	}
+	for n := 0; n < 3; {
+		m := dst.serial.waitFor(t, reDevAny, 30*time.Second)
+		if m[3] == "" {
+			continue
+		}
+		pass, _ := strconv.Atoi(m[3])
+		if m[0] != fmt.Sprintf("DEV OK pass=%d", pass) {
+			t.Fatalf("destination: %q", m[0])
+		}
+		if pass <= lastSrc {
+			t.Fatalf("destination DEV pass=%d, the source already reached %d", pass, lastSrc)
+		}
+		t.Logf("destination: %s (source stopped after DEV pass=%d)", m[0], lastSrc)
+		n++
+	}
+	checkScreendump(t, dst, 320, 200)
+	checkImage(t, img, 0, 128, 0)
+}
+
+// waitFile waits for a path (a listening socket) to appear.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s did not appear", path)
+}
+
+// drain returns the lines that arrive within 100 ms (everything a stopped
+// guest printed), appending them to s.all.
+func (s *serialLines) drain() []string {
+	var got []string
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				return got
+			}
+			s.all = append(s.all, l)
+			got = append(got, l)
+		case <-time.After(100 * time.Millisecond):
+			return got
+		}
+	}
 }
