@@ -231,7 +231,10 @@ func TestTestCard(t *testing.T) {
 	if _, err := display.Capture(e.inst, 0); !errors.Is(err, display.ErrDisabled) {
 		t.Errorf("capture after the scanout's resource was unref'd: %v", err)
 	}
-	if level := e.h.level; !level {
+	e.h.mu.Lock()
+	level := e.h.level
+	e.h.mu.Unlock()
+	if !level {
 		t.Error("no interrupt after commands")
 	}
 }

@@ -154,9 +154,9 @@ func newRAM(t testing.TB) *guestmem.Memory {
 	return mem
 }
 
-// start instantiates and realizes the device over guest RAM mem (nil: new
-// RAM) with property overrides.
-func start(t testing.TB, mem *guestmem.Memory, props plugin.PropertyValues) *env {
+// instantiate loads the plugin into a fresh runtime and instantiates it
+// over guest RAM mem (nil: new RAM), not yet realized.
+func instantiate(t testing.TB, mem *guestmem.Memory) (*plugin.Instance, *host, *logBuf) {
 	t.Helper()
 	logs := &logBuf{}
 	rt, err := plugin.NewRuntime(context.Background(), plugin.Config{
@@ -170,16 +170,27 @@ func start(t testing.TB, mem *guestmem.Memory, props plugin.PropertyValues) *env
 	if mem == nil {
 		mem = newRAM(t)
 	}
-	h := &host{mem: mem, clock: plugin.NewVMClock(true)}
 	mod, err := rt.Load(context.Background(), wasmPath)
 	if err != nil {
 		t.Fatal(err)
 	}
+	h := &host{mem: mem, clock: plugin.NewVMClock(true)}
 	inst, err := mod.Instantiate(context.Background(), plugin.InstanceConfig{Name: "gpu0", Host: h})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { inst.Close() })
+	return inst, h, logs
+}
+
+// start instantiates and realizes the device over guest RAM mem (nil: new
+// RAM) with property overrides.
+func start(t testing.TB, mem *guestmem.Memory, props plugin.PropertyValues) *env {
+	t.Helper()
+	if mem == nil {
+		mem = newRAM(t)
+	}
+	inst, h, logs := instantiate(t, mem)
 	if err := inst.Realize(props); err != nil {
 		t.Fatalf("realize: %v\n%s", err, logs)
 	}
