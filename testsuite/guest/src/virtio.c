@@ -65,6 +65,8 @@ void vm_write(const struct vdev *d, u32 off, u32 v) { *(volatile u32 *)(d->base 
 
 u8 vm_config8(const struct vdev *d, u32 off) { return *(volatile u8 *)(d->base + VMMIO_CONFIG + off); }
 
+u16 vm_config16(const struct vdev *d, u32 off) { return *(volatile u16 *)(d->base + VMMIO_CONFIG + off); }
+
 u32 vm_config32(const struct vdev *d, u32 off) { return vm_read(d, VMMIO_CONFIG + off); }
 
 /* A 64-bit field is read as two 32-bit halves; ConfigGeneration tells

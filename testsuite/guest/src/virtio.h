@@ -117,7 +117,10 @@ void *dma_alloc(struct vdev *d, u64 size);
 /* Transport (virtio.c). */
 u32 vm_read(const struct vdev *d, u32 off);
 void vm_write(const struct vdev *d, u32 off, u32 v);
+/* Config space accesses have the field's width (§4.2.2.2): 8, 16, 32 bits;
+ * 64-bit fields as two 32-bit halves. */
 u8 vm_config8(const struct vdev *d, u32 off);
+u16 vm_config16(const struct vdev *d, u32 off);
 u32 vm_config32(const struct vdev *d, u32 off);
 u64 vm_config64(const struct vdev *d, u32 off); /* generation-checked */
 int vdev_fail(struct vdev *d, const char *what, u64 v); /* records, sets FAILED, resets; returns -1 */

@@ -84,7 +84,7 @@ int net_link(struct vdev *d)
 {
 	if (!(d->features & (1UL << VIRTIO_NET_F_STATUS)))
 		return -1;
-	return vm_config8(d, 6) & 1;
+	return vm_config16(d, 6) & 1; /* status: u16, VIRTIO_NET_S_LINK_UP */
 }
 
 static u32 build_frame(u8 *f, u64 size, u64 seq)
