@@ -444,6 +444,25 @@ func TestQEMUVirtioNetNoMergeable(t *testing.T) {
 	checkFrames(t, peer.received(), mac, 1514)
 }
 
+// TestQEMUVirtioNetMergedBuffers: 256-byte rx buffers with
+// VIRTIO_NET_F_MRG_RXBUF, so every 1514-byte echo (1526 bytes with the
+// header) spans 6 buffers (num_buffers = 6) and is reassembled.
+func TestQEMUVirtioNetMergedBuffers(t *testing.T) {
+	requireQEMU(t)
+	dir := shortTempDir(t)
+	peer := newEchoPeer(t, dir, -1)
+	q := startDevices(t, dir, "workload=idle net_test=1 net_rxbuf=256 net_frames=20 net_size=1514", peer.args(testMAC)...)
+	expectLine(t, q.serial, reNet, "NET OK frames=20")
+	expectLine(t, q.serial, regexp.MustCompile(`^GUEST INFO net max_num_buffers=.*$`), "GUEST INFO net max_num_buffers=6")
+	mac, _ := net.ParseMAC(testMAC)
+	checkFrames(t, peer.received(), mac, 1514)
+
+	// Without MRG_RXBUF such buffers are refused.
+	dir2 := shortTempDir(t)
+	q = startDevices(t, dir2, "workload=idle net_test=1 net_mrg=0 net_rxbuf=256", newEchoPeer(t, dir2, -1).args(testMAC)...)
+	expectLine(t, q.serial, reNet, "NET FAIL net_rxbuf without MRG_RXBUF must be 1526..2048: net_rxbuf=0x100")
+}
+
 // TestQEMUVirtioGPUSize: the resource follows the display's size.
 func TestQEMUVirtioGPUSize(t *testing.T) {
 	requireQEMU(t)

@@ -154,7 +154,7 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 						    "blk_test", "blk_start", "blk_sectors", "blk_seed",
 						    "net_test", "net_frames", "net_size", "net_mrg",
 						    "gpu_test", "dev_every", "dev_mem", "dev_mem_size",
-						    "dev_timeout_ms" };
+						    "dev_timeout_ms", "net_rxbuf" };
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
 			if (!token_is(t, eq, keys[k]))
 				continue;
@@ -202,6 +202,7 @@ static void parse_token(const char *t, size_t n, struct config *cfg)
 				else
 					cfg->dev_timeout_ms = num;
 				break;
+			case 19: cfg->net_rxbuf = num; break;
 			}
 			return;
 		}

@@ -129,6 +129,9 @@ static void boot_net(void)
 	ln_str(&out, "NET OK frames=");
 	ln_dec(&out, dv.no.frames);
 	ln_end(&out);
+	ln_str(&out, "GUEST INFO net max_num_buffers=");
+	ln_dec(&out, net_max_buffers());
+	ln_end(&out);
 }
 
 static void boot_gpu(void)
@@ -161,7 +164,7 @@ void devices_boot(const struct bootinfo *bi, const struct config *cfg)
 	if (!dv.want_blk && !dv.want_net && !dv.want_gpu)
 		return;
 	dv.bo = (struct blk_opts){ cfg->blk_start, cfg->blk_sectors, cfg->blk_seed, 0 };
-	dv.no = (struct net_opts){ cfg->net_frames, cfg->net_size, (int)cfg->net_mrg };
+	dv.no = (struct net_opts){ cfg->net_frames, cfg->net_size, (int)cfg->net_mrg, cfg->net_rxbuf };
 	memcpy(dv.blk.err, "no virtio-blk device (device id 2)", 35);
 	memcpy(dv.net.err, "no virtio-net device (device id 1)", 35);
 	memcpy(dv.gpu.err, "no virtio-gpu device (device id 16)", 36);

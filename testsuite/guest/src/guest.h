@@ -142,7 +142,7 @@ struct config {
 	struct virtio_mmio_dev virtio[MAX_VIRTIO_MMIO];
 	/* virtio device checks (devices.c, README.md) */
 	u64 blk_test, blk_start, blk_sectors, blk_seed;
-	u64 net_test, net_frames, net_size, net_mrg;
+	u64 net_test, net_frames, net_size, net_mrg, net_rxbuf;
 	u64 gpu_test;
 	u64 dev_every;              /* dirtier passes between device checks, 0 = never */
 	u64 dev_mem, dev_mem_size;  /* the drivers' DMA area */

@@ -150,11 +150,13 @@ int blk_verify(struct vdev *d, const struct blk_opts *o);
 
 struct net_opts {
 	u64 frames, size;
-	int mrg; /* negotiate VIRTIO_NET_F_MRG_RXBUF if offered */
+	int mrg;  /* negotiate VIRTIO_NET_F_MRG_RXBUF if offered */
+	u64 rxbuf; /* bytes per rx buffer, 0: 2048 */
 };
 int net_init(struct vdev *d, const struct net_opts *o);
 int net_echo(struct vdev *d, const struct net_opts *o, u64 frames);
 const u8 *net_mac(void);
+u32 net_max_buffers(void); /* most rx buffers one frame used so far */
 
 int gpu_init(struct vdev *d);
 int gpu_draw(struct vdev *d, u32 *w, u32 *h); /* display info .. flush */

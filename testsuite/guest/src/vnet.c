@@ -19,7 +19,8 @@
 
 #define NET_HDR 12 /* struct virtio_net_hdr with num_buffers (always in 1.x) */
 #define RX_BUFS 16
-#define RX_BUF_SIZE 2048 /* >= 12 + 1514 (§5.1.6.3.1 without MRG_RXBUF) */
+#define RX_BUF_SIZE 2048 /* largest rx buffer; default size */
+#define RX_BUF_MIN 1526  /* 12 + 1514: smallest without MRG_RXBUF (§5.1.6.3.1) */
 #define FRAME_MAX 1514
 #define ETHERTYPE 0x88b5
 
@@ -33,13 +34,17 @@ static struct {
 	u8 mac[6];
 	u64 seq;
 	int mrg;
+	u32 rxsize;   /* bytes per posted rx buffer */
+	u32 max_nbuf; /* most buffers one received frame used */
 } net;
+
+u32 net_max_buffers(void) { return net.max_nbuf; }
 
 const u8 *net_mac(void) { return net.mac; }
 
 static int post_rx(struct vdev *d, u32 i)
 {
-	struct vbuf b = { net.rxbuf + i * RX_BUF_SIZE, RX_BUF_SIZE, 1 };
+	struct vbuf b = { net.rxbuf + i * RX_BUF_SIZE, net.rxsize, 1 };
 	int head = vq_add(d, &net.rx, &b, 1);
 	if (head < 0)
 		return -1;
@@ -55,6 +60,9 @@ int net_init(struct vdev *d, const struct net_opts *o)
 	if (vdev_begin(d, want))
 		return -1;
 	net.mrg = (d->features >> VIRTIO_NET_F_MRG_RXBUF) & 1;
+	net.rxsize = o->rxbuf ? (u32)o->rxbuf : RX_BUF_SIZE;
+	if (net.rxsize > RX_BUF_SIZE || net.rxsize < (net.mrg ? 64 : RX_BUF_MIN))
+		return vdev_fail(d, net.mrg ? "net_rxbuf must be 64..2048: net_rxbuf" : "net_rxbuf without MRG_RXBUF must be 1526..2048: net_rxbuf", net.rxsize);
 	if (d->features & (1UL << VIRTIO_NET_F_MAC)) {
 		for (u32 i = 0; i < 6; i++)
 			net.mac[i] = vm_config8(d, i);
@@ -117,7 +125,7 @@ static i64 rx_frame(struct vdev *d)
 			return vdev_fail(d, "rx used ring: bad id", id);
 		u32 i = net.id_buf[id];
 		u8 *p = net.rxbuf + i * RX_BUF_SIZE;
-		if (len > RX_BUF_SIZE)
+		if (len > net.rxsize)
 			return vdev_fail(d, "rx used len beyond buffer", len);
 		if (b == 0) {
 			if (len < NET_HDR)
@@ -126,6 +134,8 @@ static i64 rx_frame(struct vdev *d)
 				nbuf = p[10] | p[11] << 8;
 			if (nbuf == 0 || nbuf > RX_BUFS)
 				return vdev_fail(d, "rx num_buffers", nbuf);
+			if (nbuf > net.max_nbuf)
+				net.max_nbuf = nbuf;
 			p += NET_HDR;
 			len -= NET_HDR;
 		}
