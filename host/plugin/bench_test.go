@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tetratelabs/wazero"
 )
 
 // mmioDevice is the interface the machine calls for MMIO; both a native Go
@@ -67,17 +69,20 @@ func nativeWriteNs() float64 {
 	return nsPerOp(2_000_000, func() { dev.MMIOWrite(1, 8, 4, 7) })
 }
 
+// modes are the ways of running a plugin the benchmarks compare.
 var modes = []struct {
 	name string
-	mode deadlineMode
+	cfg  Config
 }{
-	{"watchdog", deadlineWatchdog},
-	{"percallctx", deadlinePerCallContext},
-	{"nocheck", deadlineNone},
+	{"fuel", Config{}},                    // the default: metered by package meter
+	{"nometer", Config{NoDeadline: true}}, // no way to stop a runaway plugin
+	// wazero's termination checks (the mechanism the meter replaced),
+	// without any deadline armed: its per-call goroutine alone.
+	{"enginechecks", Config{NoDeadline: true, engineChecks: true}},
 }
 
-func benchInstance(b *testing.B, mode deadlineMode) *Instance {
-	rt, _ := newTestRuntime(b, Config{deadlineMode: mode})
+func benchInstance(b *testing.B, cfg Config) *Instance {
+	rt, _ := newTestRuntime(b, cfg)
 	h := newTestHost(b, 1<<20)
 	inst := instantiate(b, rt, "echo", h)
 	if err := inst.Realize(); err != nil {
@@ -87,12 +92,12 @@ func benchInstance(b *testing.B, mode deadlineMode) *Instance {
 }
 
 // BenchmarkMMIORead: one host->plugin dev_mmio_read call through the
-// mmioDevice interface, per deadline mechanism, with the ratio to the
-// native Go device measured in the same run.
+// mmioDevice interface, per mode, with the ratio to the native Go device
+// measured in the same run.
 func BenchmarkMMIORead(b *testing.B) {
 	for _, m := range modes {
 		b.Run(m.name, func(b *testing.B) {
-			var dev mmioDevice = benchInstance(b, m.mode)
+			var dev mmioDevice = benchInstance(b, m.cfg)
 			native := nativeReadNs()
 			b.ResetTimer()
 			for b.Loop() {
@@ -109,7 +114,7 @@ func BenchmarkMMIORead(b *testing.B) {
 func BenchmarkMMIOWrite(b *testing.B) {
 	for _, m := range modes {
 		b.Run(m.name, func(b *testing.B) {
-			var dev mmioDevice = benchInstance(b, m.mode)
+			var dev mmioDevice = benchInstance(b, m.cfg)
 			native := nativeWriteNs()
 			b.ResetTimer()
 			for b.Loop() {
@@ -122,22 +127,57 @@ func BenchmarkMMIOWrite(b *testing.B) {
 	}
 }
 
-// BenchmarkDeadlineOverhead reports what each deadline mechanism adds to
-// one MMIO read call over code compiled without termination checks.
-func BenchmarkDeadlineOverhead(b *testing.B) {
-	base := benchInstance(b, deadlineNone)
+// BenchmarkStopOverhead reports what each way of being able to stop a
+// plugin adds to one MMIO read over unmetered code.
+func BenchmarkStopOverhead(b *testing.B) {
+	base := benchInstance(b, modes[1].cfg)
 	baseNs := nsPerOp(500_000, func() { sink += base.MMIORead(1, 8, 4) })
-	for _, m := range modes[:2] {
-		b.Run(m.name, func(b *testing.B) {
-			inst := benchInstance(b, m.mode)
+	for _, m := range []int{0, 2} {
+		b.Run(modes[m].name, func(b *testing.B) {
+			inst := benchInstance(b, modes[m].cfg)
 			b.ResetTimer()
 			for b.Loop() {
 				sink += inst.MMIORead(1, 8, 4)
 			}
 			perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 			b.ReportMetric(perOp-baseNs, "overhead-ns/call")
-			b.ReportMetric(perOp/baseNs, "x-nocheck")
+			b.ReportMetric(perOp/baseNs, "x-nometer")
 		})
+	}
+}
+
+// BenchmarkFuelSet is the cost of arming the budget before a call: one
+// api.MutableGlobal.Set on the instance's fuel global.
+func BenchmarkFuelSet(b *testing.B) {
+	inst := benchInstance(b, Config{})
+	for b.Loop() {
+		inst.fuel.Set(12345)
+	}
+}
+
+// BenchmarkFuelLoop runs loops inside the plugin (1e6 iterations per call)
+// with and without the meter: "loop" is a tight loop (one memory
+// increment per iteration), "call" calls a small Go function per
+// iteration. The difference of ns/iteration is the fuel check's cost.
+func BenchmarkFuelLoop(b *testing.B) {
+	const iters = 1_000_000
+	for _, kind := range []struct {
+		name string
+		reg  uint64
+	}{{"loop", 0x610}, {"call", 0x618}} {
+		for _, m := range modes[:2] {
+			b.Run(kind.name+"/"+m.name, func(b *testing.B) {
+				inst := benchInstance(b, m.cfg)
+				b.ResetTimer()
+				for b.Loop() {
+					inst.MMIOWrite(1, kind.reg, 8, iters)
+				}
+				if err := inst.Err(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/iters, "ns/iteration")
+			})
+		}
 	}
 }
 
@@ -148,7 +188,7 @@ func BenchmarkHostCall(b *testing.B) {
 	const calls = 1000
 	for _, m := range modes {
 		b.Run(m.name, func(b *testing.B) {
-			inst := benchInstance(b, m.mode)
+			inst := benchInstance(b, m.cfg)
 			var clock Clock = NewVMClock(true)
 			native := nsPerOp(1_000_000, func() { sink += uint64(clock.Now()) })
 			b.ResetTimer()
@@ -311,4 +351,74 @@ func TestCacheDirIsUsed(t *testing.T) {
 		t.Errorf("warm load %v not much faster than cold %v", warm, cold)
 	}
 	t.Logf("cold load %v, warm load %v", cold, warm)
+}
+
+// TestFuelUsage logs the fuel the setup calls and typical device calls of
+// the test plugin burn, and checks the budgets leave a wide margin.
+func TestFuelUsage(t *testing.T) {
+	rt, _ := newTestRuntime(t, Config{})
+	h := newTestHost(t, 1<<20)
+	inst := instantiate(t, rt, "echo", h)
+	if err := inst.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	used := func(f func()) uint64 {
+		f()
+		return inst.budget(inst.current) - inst.fuel.Get()
+	}
+	realize := used(func() {}) // dev_realize was the last call
+	read := used(func() { inst.MMIORead(1, 8, 4) })
+	write := used(func() { inst.MMIOWrite(1, 8, 4, 1) })
+	loop := used(func() { inst.MMIOWrite(1, 0x610, 8, 1000) })
+
+	// _initialize and dev_describe on a module instance of their own.
+	ctx := context.Background()
+	wmod, err := rt.rt.InstantiateModule(ctx, inst.mod.compiled, wazero.NewModuleConfig().WithName("fuel-usage").WithStartFunctions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wmod.Close(ctx)
+	fuel := wmod.ExportedGlobal("wasmvmm_fuel").(interface{ Set(uint64) })
+	getFuel := wmod.ExportedGlobal("wasmvmm_fuel")
+	fuel.Set(1 << 40)
+	if _, err := wmod.ExportedFunction("_initialize").Call(&callCtx{Context: ctx, inst: inst}); err != nil {
+		t.Fatal(err)
+	}
+	initFuel := 1<<40 - getFuel.Get()
+	t.Logf("fuel used: _initialize %d, dev_realize %d, dev_mmio_read %d, dev_mmio_write %d, 1000-iteration loop %d; budgets: setup %d, call %d",
+		initFuel, realize, read, write, loop, rt.cfg.SetupFuel, rt.cfg.CallFuel)
+	if loop < 1000 || loop > 1100 {
+		t.Errorf("a 1000-iteration loop used %d fuel", loop)
+	}
+	if initFuel*1000 > rt.cfg.SetupFuel || realize*1000 > rt.cfg.SetupFuel || write*1000 > rt.cfg.CallFuel {
+		t.Errorf("budgets too tight for the test plugin")
+	}
+}
+
+// BenchmarkFuelBurn times the endless loop plugin (`for { n++ }`, the
+// tightest loop Go compiles) burning a budget of 2e8 until the meter stops
+// it: ns/fuel is what LoopIterationsPerSecond is derived from, and
+// s/default-budget how long the default budget lets such a loop run.
+func BenchmarkFuelBurn(b *testing.B) {
+	const budget = 200_000_000
+	rt, _ := newTestRuntime(b, Config{CallFuel: budget})
+	h := newTestHost(b, 1<<16)
+	var total time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		inst := instantiate(b, rt, "loop", h)
+		if err := inst.Realize(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		inst.PIOWrite(0, 0, 1, 1)
+		total += time.Since(start)
+		if inst.Err() == nil {
+			b.Fatal("the endless loop returned")
+		}
+	}
+	nsPerFuel := float64(total.Nanoseconds()) / float64(b.N) / budget
+	b.ReportMetric(nsPerFuel, "ns/fuel")
+	b.ReportMetric(nsPerFuel*float64(DefaultCallDeadline.Seconds()*LoopIterationsPerSecond)/1e9, "s/default-budget")
 }

@@ -18,6 +18,7 @@ import (
 
 	"wasmvmm/abi"
 	"wasmvmm/host/guestmem"
+	"wasmvmm/host/plugin/meter"
 )
 
 // Clock is the VM clock seen by plugins (clock_ns, timer_arm). It stops
@@ -149,20 +150,16 @@ type Instance struct {
 	stdout    *logWriter
 	stderr    *logWriter
 
-	// seq counts call starts and ends: odd while an export runs. The
-	// watchdog reads it.
-	seq         atomic.Uint64
 	failed      atomic.Bool
 	failReason  atomic.Pointer[error]
-	deadlineHit atomic.Bool
 	guestErrors atomic.Uint64
-	cancel      context.CancelFunc
 
 	mu      sync.Mutex // held for every export call and by host functions
 	ctx     *callCtx
 	wmod    api.Module
 	memory  api.Memory
 	fns     [numExports]api.Function
+	fuel    api.MutableGlobal // nil when the module is not metered
 	stack   []uint64
 	current export // export being called, for messages
 	failErr error
@@ -224,18 +221,15 @@ func (m *Module) Instantiate(ctx context.Context, cfg InstanceConfig) (*Instance
 	}
 	i.stdout = newLogWriter(log, "stdout")
 	i.stderr = newLogWriter(log, "stderr")
-	base, cancel := context.WithCancel(context.Background())
-	i.cancel = cancel
-	i.ctx = &callCtx{Context: base, inst: i}
+	i.ctx = &callCtx{Context: context.Background(), inst: i}
 
 	modCfg := wazero.NewModuleConfig().
 		WithName(fmt.Sprintf("%s/%s#%d", m.name, cfg.Name, id)).
-		WithStartFunctions(). // _initialize runs under the deadline below
+		WithStartFunctions(). // _initialize runs under the fuel budget below
 		WithStdout(i.stdout).WithStderr(i.stderr).
 		WithSysNanotime().WithSysWalltime().WithRandSource(rand.Reader)
 	wmod, err := r.rt.InstantiateModule(i.ctx, m.compiled, modCfg)
 	if err != nil {
-		cancel()
 		return nil, fmt.Errorf("plugin %s: instantiate %s: %w", m.name, cfg.Name, err)
 	}
 	i.wmod = wmod
@@ -243,8 +237,13 @@ func (m *Module) Instantiate(ctx context.Context, cfg InstanceConfig) (*Instance
 	for ex := export(0); ex < numExports; ex++ {
 		i.fns[ex] = wmod.ExportedFunction(exportNames[ex])
 	}
-	if r.watch != nil {
-		r.watch.add(i)
+	if m.metered {
+		fuel, ok := wmod.ExportedGlobal(meter.GlobalName).(api.MutableGlobal)
+		if !ok || fuel.Type() != api.ValueTypeI64 {
+			_ = wmod.Close(ctx)
+			return nil, fmt.Errorf("plugin %s: instance %s: the instrumented module lacks its fuel global %s (stale cache?)", m.name, cfg.Name, meter.GlobalName)
+		}
+		i.fuel = fuel
 	}
 	r.mu.Lock()
 	r.instances[i] = struct{}{}
@@ -599,17 +598,10 @@ func (i *Instance) callLocked(ex export) error {
 		return fmt.Errorf("device %s: plugin does not export %s", i.name, exportNames[ex])
 	}
 	i.current = ex
-	i.seq.Add(1)
-	var err error
-	if i.rt.cfg.deadlineMode == deadlinePerCallContext {
-		ctx, cancel := context.WithTimeout(i.ctx.Context, i.rt.cfg.CallDeadline)
-		err = fn.CallWithStack(&callCtx{Context: ctx, inst: i}, i.stack)
-		cancel()
-	} else {
-		err = fn.CallWithStack(i.ctx, i.stack)
+	if i.fuel != nil {
+		i.fuel.Set(i.budget(ex))
 	}
-	i.seq.Add(1)
-	if err != nil {
+	if err := fn.CallWithStack(i.ctx, i.stack); err != nil {
 		i.failLocked(ex, err)
 		return i.failErr
 	}
@@ -623,11 +615,32 @@ func (i *Instance) callStatusLocked(ex export) (abi.Status, error) {
 	return abi.Status(int32(uint32(i.stack[0]))), nil
 }
 
-// deadlineExceeded is called by the watchdog for a call stuck past the
-// deadline: canceling the context makes wazero stop the call.
-func (i *Instance) deadlineExceeded(d time.Duration) {
-	i.deadlineHit.Store(true)
-	i.cancel()
+// budget returns the fuel an export call may burn: more for the setup
+// calls than for the running device's.
+func (i *Instance) budget(ex export) uint64 {
+	switch ex {
+	case exInitialize, exDescribe, exRealize:
+		return i.rt.cfg.SetupFuel
+	}
+	return i.rt.cfg.CallFuel
+}
+
+// roundDuration keeps two or three significant digits of d.
+func roundDuration(d time.Duration) time.Duration {
+	switch {
+	case d >= 10*time.Millisecond:
+		return d.Round(time.Millisecond)
+	case d >= 10*time.Microsecond:
+		return d.Round(time.Microsecond)
+	}
+	return d
+}
+
+// outOfFuel reports whether the last call trapped because it burned its
+// budget: the meter leaves the fuel at -1 then, and nothing else makes it
+// negative.
+func (i *Instance) outOfFuel() bool {
+	return i.fuel != nil && int64(i.fuel.Get()) < 0
 }
 
 // failLocked marks the instance failed with the reason behind err, logs it
@@ -639,8 +652,9 @@ func (i *Instance) failLocked(ex export, err error) {
 	name := exportNames[ex]
 	var exit *sys.ExitError
 	switch {
-	case i.deadlineHit.Load():
-		i.failErr = fmt.Errorf("device %s: %s ran past the deadline of %v and was stopped", i.name, name, i.rt.cfg.CallDeadline)
+	case i.outOfFuel():
+		b := i.budget(ex)
+		i.failErr = fmt.Errorf("device %s: %s ran past its per-call budget of %d loop iterations (about %v of plugin CPU)", i.name, name, b, roundDuration(fuelTime(b)))
 	case errors.As(err, &exit):
 		msg := fmt.Sprintf("device %s: plugin exited with code %d in %s", i.name, exit.ExitCode(), name)
 		if line := i.stderr.crashLine(); line != "" {
@@ -697,13 +711,9 @@ func (i *Instance) shutdownLocked() {
 	}
 	i.migration.removeInstance(i)
 	i.preserved.removeInstance(i)
-	if i.rt.watch != nil {
-		i.rt.watch.remove(i)
-	}
 	i.rt.mu.Lock()
 	delete(i.rt.instances, i)
 	i.rt.mu.Unlock()
-	i.cancel()
 	if i.wmod != nil {
 		_ = i.wmod.Close(context.Background())
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 
 	"wasmvmm/abi"
+	"wasmvmm/host/plugin/meter"
 )
 
 const (
@@ -31,6 +32,7 @@ type Module struct {
 	path     string
 	hash     string
 	compiled wazero.CompiledModule
+	metered  bool // instrumented by package meter
 	major    int
 	minor    int
 	optional map[string]bool // optional exports present
@@ -48,8 +50,9 @@ func (m *Module) SHA256() string { return m.hash }
 // ABIVersion returns the ABI version the plugin was built for.
 func (m *Module) ABIVersion() (major, minor int) { return m.major, m.minor }
 
-// Load reads, compiles and checks a plugin. Compilation hits the
-// compilation cache across processes; within a runtime the same path and
+// Load reads, instruments (package meter), compiles and checks a plugin.
+// The instrumented bytes and the compiled code are cached across processes
+// (keyed by the SHA-256 of the file); within a runtime the same path and
 // content return the same *Module. A module that fails the checks is closed
 // and an error names what is wrong.
 func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
@@ -73,11 +76,17 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 	}
 	r.mu.Unlock()
 
-	compiled, err := r.rt.CompileModule(ctx, wasm)
+	code := wasm
+	if !r.cfg.NoDeadline {
+		if code, err = r.instrumented(wasm, hash); err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", name, err)
+		}
+	}
+	compiled, err := r.rt.CompileModule(ctx, code)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: compile: %w", name, err)
 	}
-	m := &Module{rt: r, name: name, path: path, hash: hash, compiled: compiled, optional: map[string]bool{}}
+	m := &Module{rt: r, name: name, path: path, hash: hash, compiled: compiled, metered: !r.cfg.NoDeadline, optional: map[string]bool{}}
 	if err := m.check(); err != nil {
 		_ = compiled.Close(ctx)
 		return nil, err
@@ -91,6 +100,56 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 	}
 	r.modules[key] = m
 	return m, nil
+}
+
+// instrumented returns wasm with fuel metering, from the cache of
+// instrumented modules when it has them (the file named by the SHA-256 of
+// the original, in a directory versioned by meter.Version), else
+// instrumented now and stored there (written to a temporary file and
+// renamed, mode 0600). A cache that cannot be written only costs time.
+func (r *Runtime) instrumented(wasm []byte, hash string) ([]byte, error) {
+	var file string
+	if r.meterDir != "" {
+		file = filepath.Join(r.meterDir, hash+".wasm")
+		if b, err := os.ReadFile(file); err == nil {
+			return b, nil
+		}
+	}
+	out, err := meter.Instrument(wasm)
+	if err != nil {
+		return nil, fmt.Errorf("instrument: %w", err)
+	}
+	if file != "" {
+		if err := writeFileAtomic(file, out); err != nil {
+			r.log.Warn("cannot cache the instrumented plugin", "error", err)
+		}
+	}
+	return out, nil
+}
+
+// writeFileAtomic writes data to a temporary file next to name, mode 0600,
+// and renames it over name, so readers see the whole file or none.
+func writeFileAtomic(name string, data []byte) error {
+	dir := filepath.Dir(name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), name)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
 }
 
 // check verifies the ABI contract of a compiled module before any

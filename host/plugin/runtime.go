@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"wasmvmm/host/plugin/meter"
 )
 
 // Defaults of Config.
@@ -22,10 +25,28 @@ const (
 	// memory (measured: the test device uses 46 pages after realize), so
 	// this leaves a wide margin for devices with buffers.
 	DefaultMemoryLimitPages = 1024
-	// DefaultCallDeadline bounds one export call (including _initialize,
-	// dev_describe and dev_realize). Device handlers take microseconds; a
-	// call that runs this long is stuck.
+	// DefaultCallDeadline is the CPU time of a tight loop an export call
+	// may take, turned into a fuel budget at LoopIterationsPerSecond:
+	// 1.5e9 loop iterations. Device handlers take microseconds (a register
+	// access of the test device burns 3-4 fuel); a call that runs this
+	// long is stuck.
 	DefaultCallDeadline = time.Second
+	// LoopIterationsPerSecond is how many metered loop iterations the
+	// tightest loop Go compiles (`for { n++ }`, the "loop" test plugin)
+	// runs per second on the development host: BenchmarkFuelBurn measured
+	// 0.61-0.63 ns per iteration, 1.6e9/s, rounded down. It converts
+	// Config.CallDeadline into fuel and a budget back into the time in
+	// failure messages. Code doing more per iteration burns the same
+	// budget more slowly (a loop over a Go slice: about 2 ns per iteration;
+	// a loop calling a Go function: about 8 ns): the budget bounds the work
+	// of a call, and its time only for the tightest code.
+	LoopIterationsPerSecond = 1_500_000_000
+	// SetupFuelFactor multiplies the per-call budget for _initialize,
+	// dev_describe and dev_realize when Config.SetupFuel is zero: the Go
+	// runtime's initialization and a device's setup legitimately do more
+	// than a register access (the test plugin's _initialize burns about
+	// 19,000 fuel, its dev_realize about 600).
+	SetupFuelFactor = 4
 )
 
 // Config configures a Runtime. The zero value is usable.
@@ -37,59 +58,54 @@ type Config struct {
 	// $XDG_CACHE_HOME/wasmvmm/wazero or ~/.cache/wasmvmm/wazero. The
 	// directory is created with mode 0700; an existing directory owned by
 	// this user with wider permissions is tightened to 0700, one owned by
-	// another user is refused.
+	// another user is refused. Instrumented plugins are cached in its
+	// subdirectory meter-v<meter.Version>.
 	CacheDir string
-	// NoCache disables the compilation cache (every Load compiles).
+	// NoCache disables the compilation cache (every Load instruments and
+	// compiles).
 	NoCache bool
 	// MemoryLimitPages caps each instance's linear memory, in 64 KiB pages.
 	// Zero means DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
-	// CallDeadline bounds one export call. Zero means DefaultCallDeadline.
+	// CallFuel is the budget of one export call, in fuel units: one unit
+	// per loop iteration, and one per entry of a function that calls
+	// another before it reaches a loop (package meter). Zero means
+	// CallDeadline × LoopIterationsPerSecond.
+	CallFuel uint64
+	// SetupFuel is the budget of each of _initialize, dev_describe and
+	// dev_realize. Zero means SetupFuelFactor × CallFuel.
+	SetupFuel uint64
+	// CallDeadline is the per-call budget expressed as CPU time of a tight
+	// loop; it is only used to compute CallFuel when that is zero. Zero
+	// means DefaultCallDeadline.
 	CallDeadline time.Duration
-	// NoDeadline compiles plugins without termination checks and runs no
-	// watchdog: an export call costs about 50 ns instead of about 1.2 µs,
-	// but a plugin that loops forever hangs the calling goroutine (a vCPU)
-	// for good. Only for plugins trusted not to loop.
+	// NoDeadline loads plugins without fuel metering: loops run without a
+	// check (about 1 ns per iteration faster), but a plugin that loops
+	// forever hangs the calling goroutine (a vCPU) for good. Only for
+	// plugins trusted not to loop, and for measuring the meter's cost.
 	NoDeadline bool
 
-	// deadlineMode selects the deadline mechanism; only benchmarks change it.
-	deadlineMode deadlineMode
+	// engineChecks compiles unmetered plugins with wazero's own
+	// termination checks (WithCloseOnContextDone), the mechanism the meter
+	// replaced; only benchmarks set it, to measure the difference.
+	engineChecks bool
 }
-
-// deadlineMode is the mechanism that stops a call that runs too long.
-type deadlineMode int
-
-const (
-	// deadlineWatchdog: termination checks compiled in
-	// (WithCloseOnContextDone), one long-lived cancelable context per
-	// instance, and one watchdog goroutine per runtime that cancels the
-	// context of an instance whose call sequence number has not moved for a
-	// deadline. Per call: two atomic adds.
-	deadlineWatchdog deadlineMode = iota
-	// deadlinePerCallContext: termination checks compiled in and a
-	// context.WithTimeout per call (benchmark comparison only).
-	deadlinePerCallContext
-	// deadlineNone: no termination checks; an endless loop cannot be
-	// stopped (benchmark baseline only).
-	deadlineNone
-)
 
 // Runtime is the process-wide plugin runtime: one wazero runtime in
 // compiler mode with a compilation cache, WASI without filesystem or
-// network, the host module wasmvmm:host@1, and the deadline watchdog.
+// network, and the host module wasmvmm:host@1.
 type Runtime struct {
-	cfg   Config
-	log   hclog.Logger
-	rt    wazero.Runtime
-	cache wazero.CompilationCache
+	cfg      Config
+	log      hclog.Logger
+	rt       wazero.Runtime
+	cache    wazero.CompilationCache
+	meterDir string // cache of instrumented modules; empty: none
 
 	mu        sync.Mutex
 	modules   map[string]*Module // by path + content hash
 	instances map[*Instance]struct{}
 	nextID    uint64
 	closed    bool
-
-	watch *watchdog
 }
 
 // NewRuntime creates the runtime. Close releases it.
@@ -106,27 +122,40 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 	if cfg.CallDeadline <= 0 {
 		cfg.CallDeadline = DefaultCallDeadline
 	}
-	if cfg.NoDeadline {
-		cfg.deadlineMode = deadlineNone
+	if cfg.CallFuel == 0 {
+		cfg.CallFuel = uint64(cfg.CallDeadline.Seconds() * LoopIterationsPerSecond)
 	}
+	if cfg.SetupFuel == 0 {
+		cfg.SetupFuel = cfg.CallFuel * SetupFuelFactor
+		if cfg.SetupFuel/SetupFuelFactor != cfg.CallFuel {
+			cfg.SetupFuel = math.MaxInt64
+		}
+	}
+	// The meter traps when the fuel goes below zero: budgets are signed.
+	cfg.CallFuel = min(max(cfg.CallFuel, 1), math.MaxInt64)
+	cfg.SetupFuel = min(cfg.SetupFuel, math.MaxInt64)
+	// Without WithCloseOnContextDone wazero neither compiles termination
+	// checks nor watches a context per call: the fuel meter stops runaway
+	// code instead.
 	rc := wazero.NewRuntimeConfigCompiler().
 		WithMemoryLimitPages(cfg.MemoryLimitPages).
-		WithCloseOnContextDone(cfg.deadlineMode != deadlineNone)
+		WithCloseOnContextDone(cfg.engineChecks)
 	r := &Runtime{cfg: cfg, log: cfg.Logger.Named("plugin"), modules: map[string]*Module{}, instances: map[*Instance]struct{}{}}
 	if !cfg.NoCache {
 		dir, err := cacheDir(cfg.CacheDir)
 		if err != nil {
 			return nil, err
 		}
-		// wazero keys cached code by the module's bytes and whether it was
-		// compiled with termination checks, so both kinds share the
-		// directory safely.
+		// wazero keys cached code by the module's bytes (instrumented or
+		// not) and whether it was compiled with termination checks, so
+		// every kind shares the directory safely.
 		cache, err := wazero.NewCompilationCacheWithDir(dir)
 		if err != nil {
 			return nil, fmt.Errorf("plugin runtime: compilation cache in %s: %w", dir, err)
 		}
 		r.cache = cache
 		rc = rc.WithCompilationCache(cache)
+		r.meterDir = filepath.Join(dir, fmt.Sprintf("meter-v%d", meter.Version))
 	}
 	r.rt = wazero.NewRuntimeWithConfig(ctx, rc)
 	if _, err := wasi_snapshot_preview1.Instantiate(ctx, r.rt); err != nil {
@@ -137,20 +166,31 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 		r.closeWazero(ctx)
 		return nil, fmt.Errorf("plugin runtime: instantiate %s: %w", hostModuleName, err)
 	}
-	if cfg.deadlineMode == deadlineWatchdog {
-		r.watch = newWatchdog(cfg.CallDeadline)
-	}
 	return r, nil
 }
 
 // Logger returns the runtime's logger.
 func (r *Runtime) Logger() hclog.Logger { return r.log }
 
-// CallDeadline returns the per-call deadline in force.
-func (r *Runtime) CallDeadline() time.Duration { return r.cfg.CallDeadline }
+// CallDeadline returns the per-call budget in force as CPU time of a
+// tight loop (CallFuel / LoopIterationsPerSecond).
+func (r *Runtime) CallDeadline() time.Duration { return fuelTime(r.cfg.CallFuel) }
 
-// Close closes every module and instance of the runtime and stops the
-// watchdog.
+// CallFuel returns the per-call budget in force, in fuel units (loop
+// iterations). Zero means plugins run unmetered (Config.NoDeadline).
+func (r *Runtime) CallFuel() uint64 {
+	if r.cfg.NoDeadline {
+		return 0
+	}
+	return r.cfg.CallFuel
+}
+
+// fuelTime converts fuel into the CPU time a tight loop takes to burn it.
+func fuelTime(fuel uint64) time.Duration {
+	return time.Duration(float64(fuel) / LoopIterationsPerSecond * float64(time.Second))
+}
+
+// Close closes every module and instance of the runtime.
 func (r *Runtime) Close(ctx context.Context) error {
 	r.mu.Lock()
 	if r.closed {
@@ -165,9 +205,6 @@ func (r *Runtime) Close(ctx context.Context) error {
 	r.mu.Unlock()
 	for _, i := range insts {
 		i.Close()
-	}
-	if r.watch != nil {
-		r.watch.stop()
 	}
 	return r.closeWazero(ctx)
 }
@@ -218,87 +255,4 @@ func cacheDir(dir string) (string, error) {
 		}
 	}
 	return dir, nil
-}
-
-// watchdog stops calls that run past the deadline. It samples every
-// registered instance's call sequence number (odd while a call runs) a few
-// times per deadline; an instance seen in the same call for at least the
-// deadline is killed by canceling its context, which wazero's compiled
-// termination checks observe at the next loop back-edge or function entry.
-type watchdog struct {
-	deadline time.Duration
-	period   time.Duration
-
-	mu        sync.Mutex
-	instances map[*Instance]*watchState
-	done      chan struct{}
-	wg        sync.WaitGroup
-}
-
-type watchState struct {
-	seq   uint64
-	since time.Time
-}
-
-func newWatchdog(deadline time.Duration) *watchdog {
-	period := deadline / 4
-	period = max(period, 5*time.Millisecond)
-	period = min(period, 250*time.Millisecond)
-	w := &watchdog{deadline: deadline, period: period, instances: map[*Instance]*watchState{}, done: make(chan struct{})}
-	w.wg.Add(1)
-	go w.run()
-	return w
-}
-
-func (w *watchdog) add(i *Instance) {
-	w.mu.Lock()
-	w.instances[i] = &watchState{}
-	w.mu.Unlock()
-}
-
-func (w *watchdog) remove(i *Instance) {
-	w.mu.Lock()
-	delete(w.instances, i)
-	w.mu.Unlock()
-}
-
-func (w *watchdog) stop() {
-	close(w.done)
-	w.wg.Wait()
-}
-
-func (w *watchdog) run() {
-	defer w.wg.Done()
-	t := time.NewTicker(w.period)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.done:
-			return
-		case <-t.C:
-			// Not the tick's own time: a late tick would backdate the
-			// start of a call and stop it early.
-			w.check(time.Now())
-		}
-	}
-}
-
-func (w *watchdog) check(now time.Time) {
-	var stuck []*Instance
-	w.mu.Lock()
-	for inst, st := range w.instances {
-		seq := inst.seq.Load()
-		if seq != st.seq || seq%2 == 0 {
-			st.seq, st.since = seq, now
-			continue
-		}
-		if now.Sub(st.since) >= w.deadline {
-			stuck = append(stuck, inst)
-			st.since = now
-		}
-	}
-	w.mu.Unlock()
-	for _, inst := range stuck {
-		inst.deadlineExceeded(w.deadline)
-	}
 }

@@ -323,6 +323,16 @@ func defaultMMIOWrite(region int32, off int64, size int32, v int64) {
 			sum += clockNS()
 		}
 		S.Regs[7] = sum
+	case off == 0x610:
+		// A tight loop of v iterations (fuel meter benchmark).
+		for i := int64(0); i < v; i++ {
+			S.Regs[6]++
+		}
+	case off == 0x618:
+		// v calls of a small Go function that is not inlined.
+		for i := int64(0); i < v; i++ {
+			S.Regs[6] = bump(S.Regs[6])
+		}
 	case off == 0x700:
 		b := [1]byte{byte(v)}
 		S.LastStatus = backendWrite(uint32(S.Console), bytesPtr(b[:]), 1)
@@ -341,6 +351,9 @@ func defaultMMIOWrite(region int32, off int64, size int32, v int64) {
 		S.Scratch[off-0x800] = byte(v)
 	}
 }
+
+//go:noinline
+func bump(x uint64) uint64 { return x*3 + 1 }
 
 // blockNet runs a block or net backend call on a two-entry scatter-gather
 // list: [GPA, Len/2) and [GPA+0x1000, +Len-Len/2).
