@@ -151,6 +151,7 @@ func (d *device) receive() {
 		skip = 0
 	}
 	p := &d.rx
+	delivered := 0
 	for range rxBudget {
 		if !d.refill(q, mrg, need) {
 			break
@@ -186,19 +187,23 @@ func (d *device) receive() {
 			d.t.Logf(abi.LogDebug, "rx-runt", "frame of %d bytes (header included) is shorter than an Ethernet header; dropped", total)
 			continue
 		}
-		if !d.deliver(q, total) {
+		ok, pushed := d.deliver(q, total)
+		delivered += pushed
+		if !ok {
 			break
 		}
 	}
-	q.Signal()
+	if delivered > 0 {
+		q.Signal()
+	}
 	d.updateWatch()
 }
 
 // deliver completes a frame of total bytes (header included) received
 // into the pool's first chains: it writes the header (num_buffers) and
-// puts the chains in the used ring. It returns false when the ring is
-// broken.
-func (d *device) deliver(q *virtio.Queue, total uint64) bool {
+// puts the chains in the used ring. It returns the chains it pushed, and
+// false when the ring is broken.
+func (d *device) deliver(q *virtio.Queue, total uint64) (bool, int) {
 	p := &d.rx
 	nbuf, rem := 0, total
 	for rem > 0 {
@@ -209,10 +214,10 @@ func (d *device) deliver(q *virtio.Queue, total uint64) bool {
 	if d.vnet {
 		if _, err := sdk.GuestReadSG(hdrSG, d.hdr[:]); err != nil {
 			d.t.Logf(abi.LogWarn, "rx-hdr", "reading a received header: %v", err)
-			return true
+			return true, 0
 		}
 		if !d.acceptHeader() {
-			return true // dropped; the chains stay for the next frame
+			return true, 0 // dropped; the chains stay for the next frame
 		}
 	} else {
 		clear(d.hdr[:])
@@ -220,19 +225,19 @@ func (d *device) deliver(q *virtio.Queue, total uint64) bool {
 	d.hdr[10], d.hdr[11] = byte(nbuf), byte(nbuf>>8)
 	if _, err := sdk.GuestWriteSG(hdrSG, d.hdr[:]); err != nil {
 		d.t.Logf(abi.LogWarn, "rx-hdr", "writing a received header: %v", err)
-		return true
+		return true, 0
 	}
 	rem = total
-	for _, c := range p.chains[:nbuf] {
+	for i, c := range p.chains[:nbuf] {
 		l := min(rem, uint64(c.bytes))
 		rem -= l
 		if err := q.Push(c.head, uint32(l)); err != nil {
 			p.clear()
-			return false
+			return false, i
 		}
 	}
 	p.consume(nbuf)
-	return true
+	return true, nbuf
 }
 
 // acceptHeader checks the header a vnet-header backend wrote against what

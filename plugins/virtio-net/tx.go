@@ -16,6 +16,7 @@ func (d *device) transmit() {
 	if d.vnet {
 		skip = 0
 	}
+	pushed := 0
 	for range 4 * queueSize {
 		c, err := q.Pop()
 		if err != nil || c == nil {
@@ -39,7 +40,10 @@ func (d *device) transmit() {
 		if q.Push(c.Head, 0) != nil {
 			break
 		}
+		pushed++
 	}
-	q.Signal()
+	if pushed > 0 {
+		q.Signal()
+	}
 	d.updateWatch()
 }
