@@ -77,7 +77,9 @@ type Machine struct {
 	autostart bool // an incoming VM resumes after loading (QMP cont/stop in inmigrate)
 
 	pause    pauseControl
-	started  bool // vCPU threads exist
+	dirty    dirtyLog // dirty tracking for live migration (dirty.go)
+	throttle throttle // auto-converge vCPU throttling (dirty.go)
+	started  bool     // vCPU threads exist
 	wg       sync.WaitGroup
 	done     chan struct{} // closed when the machine stops for good
 	doneOnce sync.Once
@@ -89,6 +91,8 @@ type vcpu struct {
 	id   int
 	cpu  *kvm.VCPU
 	work []func() // run on the vCPU's thread while parked; guarded by pause.mu
+
+	throttleGen uint64 // last throttle tick this vCPU slept for (dirty.go)
 }
 
 // New builds a machine: checks the host can give what the config asks,
@@ -593,6 +597,7 @@ func (m *Machine) runVCPU(v *vcpu) {
 			}
 			continue
 		}
+		m.throttleWait(v)
 		exit, err := v.cpu.Run()
 		if err != nil {
 			m.internalError(v, err.Error())

@@ -55,8 +55,11 @@ func (g *Migrator) StartChannels(chs []Channel) error {
 // returned; later ones land in query-migrate and the MIGRATION event.
 func (g *Migrator) Start(ch Channel) error {
 	mode := g.Parameters().Mode
+	if socketChannel(ch) {
+		return g.startLive(ch, mode)
+	}
 	if ch.Transport != "file" {
-		return fmt.Errorf("migration to %s is not supported yet (file: only)", ch)
+		return fmt.Errorf("migration to %s is not supported", ch)
 	}
 	if mode != ModeNormal {
 		return fmt.Errorf("mode %s cannot migrate to a file", mode)
@@ -219,8 +222,9 @@ func (g *Migrator) finishDone() {
 	}
 }
 
-// Incoming loads a migration stream from ch into the machine, which must be
-// in the inmigrate state with its vCPUs parked. On success the machine enters
+// Incoming loads a migration stream from ch (a file, or a socket channel it
+// listens on; see ListenIncoming to listen without waiting) into the
+// machine, which must be in the inmigrate state with its vCPUs parked. On success the machine enters
 // the run state the source had (running only if it was live and autostart is
 // on); on failure it stays in inmigrate and nothing of the devices' state was
 // applied.
@@ -229,8 +233,15 @@ func (g *Migrator) Incoming(ctx context.Context, ch Channel) error {
 	if st, _ := m.State(); st != machine.StateInMigrate {
 		return fmt.Errorf("incoming migration: the machine is %s, not inmigrate", st)
 	}
+	if socketChannel(ch) {
+		res, err := g.ListenIncoming(ctx, ch)
+		if err != nil {
+			return err
+		}
+		return <-res
+	}
 	if ch.Transport != "file" {
-		return fmt.Errorf("incoming migration from %s is not supported yet (file: only)", ch)
+		return fmt.Errorf("incoming migration from %s is not supported", ch)
 	}
 	g.mu.Lock()
 	if g.status.Running() {

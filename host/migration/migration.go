@@ -102,6 +102,10 @@ type Migrator struct {
 	notifiers []Notifier
 	cancel    context.CancelFunc
 	done      chan struct{}
+
+	expectedDowntime time.Duration // live: estimate at the last dirty sync
+	throttlePct      int64         // auto-converge's current vCPU throttle
+	continueCh       chan struct{} // pre-switchover: migrate-continue
 }
 
 // New returns an idle Migrator with QEMU's default parameters.
@@ -112,7 +116,7 @@ func New(cfg Config) *Migrator {
 	if cfg.Plugins == nil {
 		cfg.Plugins = plugin.NewMigrationRegistry()
 	}
-	return &Migrator{cfg: cfg, log: cfg.Logger, status: StatusNone, params: DefaultParameters(), caps: Capabilities{}}
+	return &Migrator{cfg: cfg, log: cfg.Logger, status: StatusNone, params: DefaultParameters(), caps: Capabilities{Preflight: true}}
 }
 
 // Status returns the current migration status.
@@ -246,6 +250,8 @@ func (g *Migrator) begin(mode Mode) (context.Context, error) {
 	g.started = time.Now()
 	g.finished = time.Time{}
 	g.setupTime, g.downtime = 0, 0
+	g.expectedDowntime, g.throttlePct = 0, 0
+	g.continueCh = make(chan struct{}, 1)
 	g.ram = RAMInfo{}
 	g.done = make(chan struct{})
 	g.mu.Unlock()
@@ -339,6 +345,7 @@ type Info struct {
 	SetupTime        *int64   `json:"setup-time,omitempty"`
 	ErrorDesc        string   `json:"error-desc,omitempty"`
 	BlockedReasons   []string `json:"blocked-reasons,omitempty"`
+	ThrottlePct      *int64   `json:"cpu-throttle-percentage,omitempty"`
 }
 
 // Query returns query-migrate's answer.
@@ -367,10 +374,68 @@ func (g *Migrator) Query() Info {
 		info.Downtime = &dt
 	} else {
 		exp := g.params.DowntimeLimit
+		if g.expectedDowntime > 0 {
+			exp = g.expectedDowntime.Milliseconds()
+		}
 		info.ExpectedDowntime = &exp
+	}
+	if g.throttlePct > 0 {
+		pct := g.throttlePct
+		info.ThrottlePct = &pct
 	}
 	if g.status == StatusFailed {
 		info.ErrorDesc = g.errDesc
 	}
 	return info
+}
+
+// capabilities returns the current capabilities.
+func (g *Migrator) capabilities() Capabilities {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.caps
+}
+
+// ioTimeout is how long a socket may make no progress before the migration
+// fails (x-io-timeout).
+func (g *Migrator) ioTimeout() time.Duration {
+	return time.Duration(g.Parameters().IOTimeout) * time.Millisecond
+}
+
+// emitPass sends MIGRATION_PASS when events are on.
+func (g *Migrator) emitPass(pass int64) {
+	if g.capabilities().Events && g.cfg.Emit != nil {
+		g.cfg.Emit("MIGRATION_PASS", map[string]any{"pass": pass})
+	}
+}
+
+// Continue releases a migration paused in pre-switchover (QMP
+// migrate-continue); state must name the state it is paused in.
+func (g *Migrator) Continue(state Status) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.status != state {
+		return fmt.Errorf("Migration not in expected state: %s", g.status)
+	}
+	if state != StatusPreSwitchover {
+		return fmt.Errorf("migrate-continue: state %s cannot be continued", state)
+	}
+	select {
+	case g.continueCh <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// waitContinue blocks in pre-switchover until Continue or cancel.
+func (g *Migrator) waitContinue(ctx context.Context) error {
+	g.mu.Lock()
+	ch := g.continueCh
+	g.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return errCancelled
+	}
 }

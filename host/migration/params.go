@@ -11,6 +11,10 @@ type Parameters struct {
 	CPUThrottleInit int64 `json:"cpu-throttle-initial"`
 	CPUThrottleInc  int64 `json:"cpu-throttle-increment"`
 	MaxCPUThrottle  int64 `json:"max-cpu-throttle"`
+	// IOTimeout (milliseconds, wasmvmm's own) fails a live migration whose
+	// socket makes no progress that long: a cut network. 0 waits forever,
+	// as QEMU does.
+	IOTimeout int64 `json:"x-io-timeout"`
 }
 
 // DefaultParameters returns QEMU's defaults.
@@ -18,6 +22,7 @@ func DefaultParameters() Parameters {
 	return Parameters{
 		Mode: ModeNormal, DowntimeLimit: 300, MaxBandwidth: 128 << 20, MultifdChannels: 2,
 		CPUThrottleInit: 20, CPUThrottleInc: 10, MaxCPUThrottle: 99,
+		IOTimeout: 10000,
 	}
 }
 
@@ -31,6 +36,7 @@ type ParameterUpdate struct {
 	CPUThrottleInit *int64 `json:"cpu-throttle-initial,omitempty"`
 	CPUThrottleInc  *int64 `json:"cpu-throttle-increment,omitempty"`
 	MaxCPUThrottle  *int64 `json:"max-cpu-throttle,omitempty"`
+	IOTimeout       *int64 `json:"x-io-timeout,omitempty"`
 }
 
 // Parameters returns the current parameters.
@@ -73,6 +79,7 @@ func (g *Migrator) SetParameters(u ParameterUpdate) error {
 		{&p.CPUThrottleInit, u.CPUThrottleInit, "cpu-throttle-initial", 1, 99},
 		{&p.CPUThrottleInc, u.CPUThrottleInc, "cpu-throttle-increment", 1, 99},
 		{&p.MaxCPUThrottle, u.MaxCPUThrottle, "max-cpu-throttle", 1, 99},
+		{&p.IOTimeout, u.IOTimeout, "x-io-timeout", 0, 3600000},
 	} {
 		if err := set(s.dst, s.v, s.name, s.lo, s.hi); err != nil {
 			return err
@@ -87,9 +94,14 @@ func (g *Migrator) SetParameters(u ParameterUpdate) error {
 
 // Capabilities are the migrate-set-capabilities switches.
 type Capabilities struct {
-	Events       bool `json:"events"`
-	AutoConverge bool `json:"auto-converge"`
-	Multifd      bool `json:"multifd"`
+	Events                bool `json:"events"`
+	AutoConverge          bool `json:"auto-converge"`
+	Multifd               bool `json:"multifd"`
+	PauseBeforeSwitchover bool `json:"pause-before-switchover"`
+	// Preflight (wasmvmm's "x-preflight", on by default) frames a live
+	// migration with the schema check and the destination's completion
+	// verdict; off, the socket carries the plain QEMU stream.
+	Preflight bool `json:"x-preflight"`
 }
 
 // CapabilityState is one entry of migrate-set-capabilities and
@@ -105,6 +117,7 @@ func (g *Migrator) QueryCapabilities() []CapabilityState {
 	defer g.mu.Unlock()
 	return []CapabilityState{
 		{"events", g.caps.Events}, {"auto-converge", g.caps.AutoConverge}, {"multifd", g.caps.Multifd},
+		{"pause-before-switchover", g.caps.PauseBeforeSwitchover}, {"x-preflight", g.caps.Preflight},
 	}
 }
 
@@ -125,6 +138,10 @@ func (g *Migrator) SetCapabilities(list []CapabilityState) error {
 			c.AutoConverge = e.State
 		case "multifd":
 			c.Multifd = e.State
+		case "pause-before-switchover":
+			c.PauseBeforeSwitchover = e.State
+		case "x-preflight":
+			c.Preflight = e.State
 		default:
 			return fmt.Errorf("Parameter 'capability' does not accept value '%s'", e.Capability)
 		}

@@ -1,0 +1,225 @@
+package machine
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"wasmvmm/host/kvm"
+)
+
+// Dirty tracking for live migration. Every RAM block is memory slot i (its
+// index in Memory().Blocks()). While logging is on, a page is dirty when the
+// guest wrote it (KVM's dirty log) or the host wrote it on a device's behalf
+// (guestmem's bitmap); SyncDirty merges both.
+
+// dirtyLog is the machine's dirty-tracking state.
+type dirtyLog struct {
+	mu      sync.Mutex
+	on      bool
+	scratch [][]uint64 // one KVM bitmap per slot, reused
+}
+
+// StartDirtyLog turns on dirty logging on every RAM slot and forgets what
+// the host dirtied before, so the first SyncDirty reports only writes made
+// after this call.
+func (m *Machine) StartDirtyLog() error {
+	m.dirty.mu.Lock()
+	defer m.dirty.mu.Unlock()
+	if m.dirty.on {
+		return errors.New("dirty logging is already on")
+	}
+	blocks := m.mem.Blocks()
+	m.dirty.scratch = make([][]uint64, len(blocks))
+	for i, b := range blocks {
+		if err := m.vm.SetUserMemoryRegion(uint32(i), b.GPA, b.Mem, kvm.MemLogDirtyPages); err != nil {
+			for j := 0; j < i; j++ {
+				bj := blocks[j]
+				m.vm.SetUserMemoryRegion(uint32(j), bj.GPA, bj.Mem, 0)
+			}
+			return fmt.Errorf("dirty logging on RAM block %s: %w", b.Name, err)
+		}
+		m.dirty.scratch[i] = make([]uint64, kvm.DirtyBitmapWords(b.Size()))
+		b.TakeDirty(m.dirty.scratch[i])
+		clear(m.dirty.scratch[i])
+	}
+	m.dirty.on = true
+	return nil
+}
+
+// StopDirtyLog turns dirty logging off again (after a migration, whatever
+// its outcome). It is a no-op when logging is off.
+func (m *Machine) StopDirtyLog() error {
+	m.dirty.mu.Lock()
+	defer m.dirty.mu.Unlock()
+	if !m.dirty.on {
+		return nil
+	}
+	var errs []error
+	for i, b := range m.mem.Blocks() {
+		if err := m.vm.SetUserMemoryRegion(uint32(i), b.GPA, b.Mem, 0); err != nil {
+			errs = append(errs, fmt.Errorf("dirty logging off on RAM block %s: %w", b.Name, err))
+		}
+	}
+	m.dirty.on = false
+	m.dirty.scratch = nil
+	return errors.Join(errs...)
+}
+
+// SyncDirty ORs into dst (one bitmap per RAM block, in Memory().Blocks()
+// order, DirtyBitmapWords words each) every page written since the previous
+// sync (or StartDirtyLog), by the guest or by the host, re-arms tracking of
+// those pages, and returns how many pages it added.
+func (m *Machine) SyncDirty(dst [][]uint64) (int, error) {
+	m.dirty.mu.Lock()
+	defer m.dirty.mu.Unlock()
+	if !m.dirty.on {
+		return 0, errors.New("dirty logging is off")
+	}
+	blocks := m.mem.Blocks()
+	if len(dst) != len(blocks) {
+		return 0, fmt.Errorf("sync dirty: %d bitmaps for %d RAM blocks", len(dst), len(blocks))
+	}
+	n := 0
+	for i, b := range blocks {
+		kb := m.dirty.scratch[i]
+		if len(dst[i]) < len(kb) {
+			return n, fmt.Errorf("sync dirty: bitmap of RAM block %s has %d words, need %d", b.Name, len(dst[i]), len(kb))
+		}
+		if err := m.vm.GetDirtyLog(uint32(i), kb); err != nil {
+			return n, err
+		}
+		if m.vm.ManualDirtyLogProtect() {
+			if err := m.clearDirty(uint32(i), b.Pages(), kb); err != nil {
+				return n, err
+			}
+		}
+		// Host writes after the KVM log was read are caught by the next
+		// sync; those before are in this one.
+		b.TakeDirty(kb)
+		d := dst[i]
+		for w, v := range kb {
+			if v != 0 {
+				n += bits.OnesCount64(v &^ d[w])
+				d[w] |= v
+			}
+		}
+	}
+	return n, nil
+}
+
+// clearDirty re-protects the pages whose bits are set in bm, skipping runs
+// of clean words so a sparse log costs little.
+func (m *Machine) clearDirty(slot uint32, pages uint64, bm []uint64) error {
+	const chunk = 1 << 15 // words per KVM_CLEAR_DIRTY_LOG call (2 Mi pages)
+	for w := 0; w < len(bm); w += chunk {
+		end := min(w+chunk, len(bm))
+		any := false
+		for _, v := range bm[w:end] {
+			if v != 0 {
+				any = true
+				break
+			}
+		}
+		if !any {
+			continue
+		}
+		first := uint64(w) * 64
+		num := min(uint64(end-w)*64, pages-first)
+		if err := m.vm.ClearDirtyLog(slot, first, uint32(num), bm[w:end]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// throttle slows the vCPUs down for auto-converge: every slice of run time
+// a vCPU owes a sleep of pct/(100-pct) slices, as QEMU's cpu-throttle does.
+type throttle struct {
+	pct   atomic.Int32
+	owed  atomic.Uint64 // generation of the last tick; vCPUs sleep once per tick
+	mu    sync.Mutex
+	stop  chan struct{}
+	ticks sync.WaitGroup
+}
+
+// throttleSlice is the run time between two forced sleeps.
+const throttleSlice = 10 * time.Millisecond
+
+// SetThrottle makes the vCPUs sleep pct percent of the time (0 turns
+// throttling off; at most 99).
+func (m *Machine) SetThrottle(pct int) {
+	pct = max(0, min(pct, 99))
+	t := &m.throttle
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pct.Store(int32(pct))
+	if pct == 0 {
+		if t.stop != nil {
+			close(t.stop)
+			t.stop = nil
+			t.mu.Unlock()
+			t.ticks.Wait()
+			t.mu.Lock()
+		}
+		return
+	}
+	if t.stop != nil {
+		return
+	}
+	stop := make(chan struct{})
+	t.stop = stop
+	t.ticks.Add(1)
+	go func() {
+		defer t.ticks.Done()
+		for {
+			// A tick every slice/(1-pct): the vCPU runs one slice and
+			// sleeps the rest.
+			pct := time.Duration(t.pct.Load())
+			if pct <= 0 {
+				pct = 1
+			}
+			tm := time.NewTimer(throttleSlice * 100 / (100 - pct))
+			select {
+			case <-stop:
+				tm.Stop()
+				return
+			case <-tm.C:
+				t.owed.Add(1)
+				for _, v := range m.vcpus {
+					v.cpu.Kick()
+				}
+			}
+		}
+	}()
+}
+
+// Throttle returns the current throttle percentage.
+func (m *Machine) Throttle() int { return int(m.throttle.pct.Load()) }
+
+// throttleWait runs on a vCPU's thread before KVM_RUN: when a tick is owed
+// it sleeps its share, waking early if the machine pauses or throttling
+// stops.
+func (m *Machine) throttleWait(v *vcpu) {
+	t := &m.throttle
+	gen := t.owed.Load()
+	if gen == v.throttleGen {
+		return
+	}
+	v.throttleGen = gen
+	pct := time.Duration(t.pct.Load())
+	if pct <= 0 {
+		return
+	}
+	sleep := throttleSlice * pct / (100 - pct)
+	deadline := time.Now().Add(sleep)
+	for time.Now().Before(deadline) {
+		if m.pause.isPaused() || t.pct.Load() == 0 {
+			return
+		}
+		time.Sleep(min(time.Millisecond, time.Until(deadline)))
+	}
+}

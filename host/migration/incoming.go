@@ -1,0 +1,160 @@
+package migration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"wasmvmm/host/machine"
+	"wasmvmm/host/vmstate"
+)
+
+// The incoming side of a live migration: listen, accept the source, answer
+// its pre-flight description, load the stream (RAM pages are applied as they
+// arrive, device state only once the whole stream checked out), restore the
+// vCPUs, take the disks, tell the source, and resume as the source was.
+
+// ListenIncoming opens a socket channel for an incoming migration and loads
+// the first connection in the background. Errors opening the channel are
+// returned; the load's outcome arrives on the returned channel (and in
+// query-migrate). The machine must be in inmigrate.
+func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error, error) {
+	m := g.cfg.Machine
+	if st, _ := m.State(); st != machine.StateInMigrate {
+		return nil, fmt.Errorf("incoming migration: the machine is %s, not inmigrate", st)
+	}
+	if !socketChannel(ch) {
+		return nil, fmt.Errorf("incoming migration: %s is not a socket channel", ch)
+	}
+	g.mu.Lock()
+	if g.status.Running() {
+		g.mu.Unlock()
+		return nil, errors.New("an incoming migration is already running")
+	}
+	g.mu.Unlock()
+	ln, err := listen(ch)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	g.started, g.finished, g.errDesc = time.Now(), time.Time{}, ""
+	g.ram = RAMInfo{}
+	g.mu.Unlock()
+	g.setStatus(StatusSetup)
+	out := make(chan error, 1)
+	go func() {
+		err := g.acceptAndLoad(ctx, ln)
+		if err != nil {
+			g.fail(fmt.Errorf("incoming migration from %s: %w", ch, err))
+		} else {
+			g.finish(StatusCompleted)
+		}
+		out <- err
+	}()
+	return out, nil
+}
+
+func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener) error {
+	conn, err := ln.accept(ctx)
+	ln.close()
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	g.setStatus(StatusActive)
+	return g.loadLive(conn)
+}
+
+// loadLive reads one migration from conn into the machine.
+func (g *Migrator) loadLive(conn net.Conn) error {
+	m := g.cfg.Machine
+	host, err := newHostState(len(m.VCPUs()))
+	if err != nil {
+		return err
+	}
+	reg, err := buildRegistry(m, host)
+	if err != nil {
+		return err
+	}
+	r := bufio.NewReaderSize(deadlineReader{conn: conn, timeout: g.ioTimeout()}, 1<<20)
+	magic, err := r.Peek(len(preambleMagic))
+	if err != nil {
+		return fmt.Errorf("read the stream header: %w", err)
+	}
+	framed := string(magic) == preambleMagic
+	// reply sends the verdict when the source speaks the framing.
+	reply := func(err error) error {
+		if !framed {
+			return err
+		}
+		v := verdict{OK: err == nil}
+		if err != nil {
+			v.Error = err.Error()
+		}
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if werr := writeMsg(conn, verdictMagic, v); werr != nil && err == nil {
+			// The state is loaded and the disks are ours; the source
+			// will not hear it and will find its disks taken.
+			g.log.Warn("could not tell the source the migration completed", "error", werr)
+		}
+		return err
+	}
+	if framed {
+		r.Discard(len(preambleMagic))
+		var src machineDesc
+		if err := readMsgBody(r, &src); err != nil {
+			return fmt.Errorf("pre-flight description: %w", err)
+		}
+		here := describeMachine(g.cfg.MachineType, m.Memory().Blocks(), reg)
+		if err := checkCompatible(src, here); err != nil {
+			return reply(fmt.Errorf("incompatible source: %w", err))
+		}
+		if err := reply(nil); err != nil {
+			return err
+		}
+	}
+	counter := &countingReader{r: r}
+	res, err := vmstate.Load(counter, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg})
+	if err != nil {
+		return reply(err)
+	}
+	st, err := host.state()
+	if err != nil {
+		return reply(err)
+	}
+	if err := m.RestoreCPUState(st); err != nil {
+		return reply(err)
+	}
+	if err := activateDisks(disks(m)); err != nil {
+		return reply(err)
+	}
+	g.mu.Lock()
+	g.ram.Transferred = res.Bytes
+	g.ram.Normal = int64(res.Pages)
+	g.ram.NormalBytes = int64(res.Pages) * vmstate.PageSize
+	g.ram.Duplicate = int64(res.ZeroPages)
+	g.ram.Total = int64(m.Memory().Size())
+	g.mu.Unlock()
+	if err := reply(nil); err != nil {
+		return err
+	}
+	return g.enterLoadedState(st.RunState)
+}
+
+// countingReader counts bytes read (for query-migrate while loading).
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

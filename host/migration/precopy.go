@@ -1,0 +1,456 @@
+package migration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net"
+	"os"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"wasmvmm/abi"
+	"wasmvmm/host/guestmem"
+	"wasmvmm/host/machine"
+	"wasmvmm/host/vmstate"
+)
+
+// Live migration, precopy: RAM moves while the guest runs, in passes; each
+// pass sends the pages dirtied (by the guest, per KVM's dirty log, or by the
+// host on a device's behalf) since the previous one. When the pages left
+// would take no longer than downtime-limit at the measured bandwidth, the
+// guest stops and the rest goes: the last dirty pages, vCPU and device
+// state. The source then waits for the destination's verdict (the return
+// path of the pre-flight framing) and keeps the guest until it has it.
+
+// chunkWords is how many bitmap words (64 pages each) one PART section
+// covers: 16 MiB of RAM, so that cancel, stats and pacing react quickly.
+const chunkWords = 64
+
+// switchoverOverhead is the part of the downtime that does not depend on
+// RAM: vCPU and device state, disk hand-over, the destination's load.
+const switchoverOverhead = 5 * time.Millisecond
+
+// precopy is one outgoing live migration.
+type precopy struct {
+	g      *Migrator
+	m      *machine.Machine
+	ctx    context.Context
+	mode   Mode
+	conn   net.Conn
+	sw     *streamWriter
+	w      *vmstate.Writer
+	blocks []*guestmem.Block
+	host   *hostState
+	reg    *vmstate.Registry
+
+	dirty [][]uint64 // pages still to send
+	sel   [][]uint64 // scratch: the chunk being sent
+	empty [][]uint64 // all-zero bitmaps
+
+	preflight bool
+
+	// convergence
+	lastSync      time.Time
+	lastSyncBytes int64
+	highCount     int
+	throttle      int
+	bandwidth     float64 // bytes/s while sending, for the downtime estimate
+}
+
+// startLive begins a live migration to a socket channel in the background.
+func (g *Migrator) startLive(ch Channel, mode Mode) error {
+	if mode != ModeNormal {
+		return fmt.Errorf("mode %s over %s is not supported yet", mode, ch.Transport)
+	}
+	ctx, err := g.begin(mode)
+	if err != nil {
+		return err
+	}
+	go g.runLive(ctx, ch, mode)
+	return nil
+}
+
+// runLive runs the whole migration and leaves the source either completed
+// (postmigrate) or exactly as it was (disks owned, run state kept).
+func (g *Migrator) runLive(ctx context.Context, ch Channel, mode Mode) {
+	p := &precopy{g: g, m: g.cfg.Machine, ctx: ctx, mode: mode, blocks: g.cfg.Machine.Memory().Blocks(),
+		preflight: g.capabilities().Preflight}
+	stopped, prev, gaveUp, err := p.run(ch)
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	p.m.SetThrottle(0)
+	if derr := p.m.StopDirtyLog(); derr != nil {
+		g.log.Warn("dirty logging off", "error", derr)
+	}
+	g.mu.Lock()
+	g.throttlePct = 0
+	g.mu.Unlock()
+	if err == nil {
+		if rerr := p.m.EnterRunState(machine.StatePostMigrate); rerr != nil {
+			g.log.Warn("postmigrate", "error", rerr)
+		}
+		g.finish(StatusCompleted)
+		g.notify(abi.MigrationDone, mode)
+		return
+	}
+	cancelled := errors.Is(err, errCancelled) || ctx.Err() != nil
+	// The source takes its disks back before the guest runs again.
+	if aerr := activateDisks(gaveUp); aerr != nil {
+		err = fmt.Errorf("%w; and the source could not take its disks back: %v", err, aerr)
+		g.log.Error("migration failed and the disks stay with someone else; the guest stays stopped", "error", err)
+		g.fail(err)
+		g.finishDone()
+		g.notify(abi.MigrationFailed, mode)
+		return
+	}
+	if stopped {
+		if rerr := p.m.EnterRunState(prev); rerr != nil {
+			g.log.Error("restoring the run state after a failed migration", "state", prev, "error", rerr)
+		}
+	}
+	if cancelled {
+		g.finish(StatusCancelled)
+	} else {
+		g.log.Error("migration failed", "error", err)
+		g.fail(err)
+		g.finishDone()
+	}
+	g.notify(abi.MigrationFailed, mode)
+}
+
+// run does the work; it reports whether it stopped the guest, the run state
+// to go back to, the disks it gave up, and the error.
+func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp []ownedDisk, err error) {
+	g, m := p.g, p.m
+	setupStart := time.Now()
+	conn, err := dial(p.ctx, ch)
+	if err != nil {
+		return false, "", nil, err
+	}
+	p.conn = conn
+	stop := context.AfterFunc(p.ctx, func() { conn.Close() })
+	defer stop()
+
+	p.host, err = newHostState(len(m.VCPUs()))
+	if err != nil {
+		return false, "", nil, err
+	}
+	if p.reg, err = buildRegistry(m, p.host); err != nil {
+		return false, "", nil, err
+	}
+	lim := &rateLimiter{rate: func() int64 { return g.Parameters().MaxBandwidth }}
+	p.sw = &streamWriter{ctx: p.ctx, conn: conn, lim: lim, timeout: g.ioTimeout}
+	if p.preflight {
+		if err := p.checkDestination(); err != nil {
+			return false, "", nil, err
+		}
+	}
+	if err := m.StartDirtyLog(); err != nil {
+		return false, "", nil, err
+	}
+	if p.w, err = vmstate.NewWriter(p.sw, g.cfg.MachineType); err != nil {
+		return false, "", nil, err
+	}
+	if err := p.w.RAMStart(p.blocks); err != nil {
+		return false, "", nil, err
+	}
+	p.dirty = make([][]uint64, len(p.blocks))
+	p.sel = make([][]uint64, len(p.blocks))
+	p.empty = make([][]uint64, len(p.blocks))
+	var total uint64
+	for i, b := range p.blocks {
+		words := int((b.Pages() + 63) / 64)
+		p.dirty[i] = make([]uint64, words)
+		p.sel[i] = make([]uint64, words)
+		p.empty[i] = make([]uint64, words)
+		residentPages(b, p.dirty[i])
+		total += b.Size()
+	}
+	g.mu.Lock()
+	g.setupTime = time.Since(setupStart)
+	g.ram.Total = int64(total)
+	g.ram.DirtySyncCount = 1
+	g.mu.Unlock()
+	g.setStatus(StatusActive)
+	g.emitPass(1)
+
+	// Passes until the rest fits in the downtime limit.
+	p.lastSync = time.Now()
+	for {
+		passStart, bytes0, busy0 := time.Now(), p.sw.n, p.sw.busy
+		if err := p.sendDirty(); err != nil {
+			return false, "", nil, err
+		}
+		if b, d := p.sw.n-bytes0, p.sw.busy-busy0; d > time.Millisecond && b > 1<<20 {
+			p.bandwidth = float64(b) / d.Seconds()
+		}
+		g.mu.Lock()
+		if el := time.Since(passStart).Seconds(); el > 0 {
+			g.ram.Mbps = float64(p.sw.n-bytes0) * 8 / 1e6 / el
+		}
+		g.mu.Unlock()
+		n, err := m.SyncDirty(p.dirty)
+		if err != nil {
+			return false, "", nil, err
+		}
+		remaining := int64(n) * vmstate.PageSize
+		expected := p.expectedDowntime(remaining)
+		g.mu.Lock()
+		g.ram.DirtySyncCount++
+		g.ram.Remaining = remaining
+		g.expectedDowntime = expected
+		if el := time.Since(p.lastSync).Seconds(); el > 0 {
+			g.ram.DirtyPagesRate = int64(float64(n) / el)
+		}
+		pass := g.ram.DirtySyncCount
+		limit := time.Duration(g.params.DowntimeLimit) * time.Millisecond
+		autoConverge := g.caps.AutoConverge
+		g.mu.Unlock()
+		g.emitPass(pass)
+		if expected <= limit {
+			break
+		}
+		if autoConverge {
+			p.autoConverge(remaining)
+		}
+		p.lastSync, p.lastSyncBytes = time.Now(), p.sw.n
+	}
+	return p.switchover()
+}
+
+// expectedDowntime estimates the pause if the guest stopped now.
+func (p *precopy) expectedDowntime(remaining int64) time.Duration {
+	bw := p.bandwidth
+	if bw <= 0 {
+		bw = 1 << 30 // no measurement yet (nothing was sent)
+	}
+	return switchoverOverhead + time.Duration(float64(remaining)/bw*float64(time.Second))
+}
+
+// autoConverge throttles the vCPUs when the guest dirties memory faster
+// than half the link carries, twice in a row (QEMU's rule), raising the
+// throttle by cpu-throttle-increment each time after cpu-throttle-initial.
+func (p *precopy) autoConverge(dirtyBytes int64) {
+	sent := p.sw.n - p.lastSyncBytes
+	if sent <= 0 || dirtyBytes*2 <= sent {
+		p.highCount = 0
+		return
+	}
+	p.highCount++
+	if p.highCount < 2 {
+		return
+	}
+	p.highCount = 0
+	prm := p.g.Parameters()
+	if p.throttle == 0 {
+		p.throttle = int(prm.CPUThrottleInit)
+	} else {
+		p.throttle = min(p.throttle+int(prm.CPUThrottleInc), int(prm.MaxCPUThrottle))
+	}
+	p.m.SetThrottle(p.throttle)
+	p.g.mu.Lock()
+	p.g.throttlePct = int64(p.throttle)
+	p.g.mu.Unlock()
+	p.g.log.Debug("auto-converge", "throttle", p.throttle)
+}
+
+// sendDirty sends every page in p.dirty, a chunk at a time, clearing it.
+func (p *precopy) sendDirty() error {
+	list := make([][]uint64, len(p.blocks))
+	for i := range p.blocks {
+		bm, sel := p.dirty[i], p.sel[i]
+		copy(list, p.empty)
+		list[i] = sel
+		for w := 0; w < len(bm); w += chunkWords {
+			end := min(w+chunkWords, len(bm))
+			pending := 0
+			for j := w; j < end; j++ {
+				pending += bits.OnesCount64(bm[j])
+			}
+			if pending == 0 {
+				continue
+			}
+			copy(sel[w:end], bm[w:end])
+			clear(bm[w:end])
+			st, err := p.w.RAMPart(list)
+			clear(sel[w:end])
+			if err != nil {
+				return err
+			}
+			p.account(st, int64(pending))
+		}
+	}
+	return p.w.Flush()
+}
+
+func (p *precopy) account(st vmstate.RAMStats, pages int64) {
+	g := p.g
+	g.mu.Lock()
+	g.ram.Normal += int64(st.Pages)
+	g.ram.NormalBytes += int64(st.Pages) * vmstate.PageSize
+	g.ram.Duplicate += int64(st.ZeroPages)
+	g.ram.Transferred = p.sw.n
+	g.ram.Remaining = max(0, g.ram.Remaining-pages*vmstate.PageSize)
+	if el := time.Since(g.started).Seconds(); el > 0 {
+		g.ram.PagesPerSecond = int64(float64(g.ram.Normal+g.ram.Duplicate) / el)
+	}
+	g.mu.Unlock()
+}
+
+// switchover stops the guest and sends the rest.
+func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
+	g, m := p.g, p.m
+	if err := p.ctx.Err(); err != nil {
+		return false, "", nil, errCancelled
+	}
+	stopAt := time.Now()
+	prev, err := m.StopFor(machine.StateFinishMigrate)
+	if err != nil {
+		return false, "", nil, fmt.Errorf("stop the guest: %w", err)
+	}
+	p.sw.lim.off = true
+	if g.capabilities().PauseBeforeSwitchover {
+		g.setStatus(StatusPreSwitchover)
+		if err := g.waitContinue(p.ctx); err != nil {
+			return true, prev, nil, err
+		}
+	}
+	if p.ctx.Err() != nil {
+		return true, prev, nil, errCancelled
+	}
+	g.setStatus(StatusDevice)
+	gaveUp, err := inactivateDisks(m)
+	if err != nil {
+		return true, prev, gaveUp, err
+	}
+	n, err := m.SyncDirty(p.dirty)
+	if err != nil {
+		return true, prev, gaveUp, err
+	}
+	g.mu.Lock()
+	g.ram.DirtySyncCount++
+	g.ram.Remaining = int64(n) * vmstate.PageSize
+	g.mu.Unlock()
+	if err := p.sendDirty(); err != nil {
+		return true, prev, gaveUp, err
+	}
+	if _, err := p.w.RAMEnd(p.empty); err != nil {
+		return true, prev, gaveUp, err
+	}
+	st, err := m.SaveCPUState()
+	if err != nil {
+		return true, prev, gaveUp, err
+	}
+	st.RunState = prev
+	if err := p.host.fill(st); err != nil {
+		return true, prev, gaveUp, err
+	}
+	if err := p.w.Complete(p.reg); err != nil {
+		return true, prev, gaveUp, err
+	}
+	if p.preflight {
+		// The stream is out: from here a cancel cannot take it back, so
+		// the source waits for the destination's word either way.
+		p.conn.SetReadDeadline(time.Now().Add(max(g.ioTimeout(), 30*time.Second)))
+		v, err := readVerdict(bufio.NewReader(p.conn))
+		if err != nil {
+			return true, prev, gaveUp, fmt.Errorf("no completion from the destination: %w", err)
+		}
+		if !v.OK {
+			return true, prev, gaveUp, fmt.Errorf("the destination failed to load: %s", v.Error)
+		}
+	}
+	g.mu.Lock()
+	g.downtime = time.Since(stopAt)
+	g.ram.Transferred = p.sw.n
+	g.ram.Remaining = 0
+	if el := time.Since(g.started).Seconds(); el > 0 {
+		g.ram.Mbps = float64(p.sw.n) * 8 / 1e6 / el
+	}
+	g.mu.Unlock()
+	return true, prev, gaveUp, nil
+}
+
+// checkDestination sends the description and waits for the pre-flight
+// verdict.
+func (p *precopy) checkDestination() error {
+	desc := describeMachine(p.g.cfg.MachineType, p.blocks, p.reg)
+	if d := p.g.ioTimeout(); d > 0 {
+		p.conn.SetWriteDeadline(time.Now().Add(d))
+		p.conn.SetReadDeadline(time.Now().Add(d))
+	}
+	if err := writeMsg(p.conn, preambleMagic, desc); err != nil {
+		return fmt.Errorf("pre-flight: send the description: %w", err)
+	}
+	v, err := readVerdict(p.conn)
+	p.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		if p.ctx.Err() != nil {
+			return errCancelled
+		}
+		return fmt.Errorf("pre-flight: no answer from the destination: %w", err)
+	}
+	if !v.OK {
+		return fmt.Errorf("the destination refused the migration: %s", v.Error)
+	}
+	return nil
+}
+
+// residentPages sets in bm the pages of b that were ever populated. Pages
+// never touched read as zero on both sides (the destination's RAM is
+// fresh), so the first pass skips them. Without mincore, or with swap
+// configured (a swapped-out page is not resident but not zero), every page
+// is selected.
+func residentPages(b *guestmem.Block, bm []uint64) {
+	all := func() {
+		for i := range bm {
+			bm[i] = ^uint64(0)
+		}
+		if r := b.Pages() % 64; r != 0 {
+			bm[len(bm)-1] = 1<<r - 1
+		}
+	}
+	if swapConfigured() {
+		all()
+		return
+	}
+	vec := make([]byte, b.Pages())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b.Mem[0])), uintptr(len(b.Mem)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		all()
+		return
+	}
+	// Eight pages at a time: a word of vec with no resident bit is skipped.
+	words := unsafe.Slice((*uint64)(unsafe.Pointer(&vec[0])), len(vec)/8)
+	for i, w := range words {
+		if w&0x0101010101010101 == 0 {
+			continue
+		}
+		for j := 0; j < 8; j++ {
+			if vec[i*8+j]&1 != 0 {
+				pg := i*8 + j
+				bm[pg/64] |= 1 << (pg % 64)
+			}
+		}
+	}
+	for pg := len(words) * 8; pg < len(vec); pg++ {
+		if vec[pg]&1 != 0 {
+			bm[pg/64] |= 1 << (pg % 64)
+		}
+	}
+}
+
+// swapConfigured reports whether the host has swap space.
+func swapConfigured() bool {
+	b, err := os.ReadFile("/proc/swaps")
+	if err != nil {
+		return true
+	}
+	return strings.Count(strings.TrimSpace(string(b)), "\n") > 0
+}
