@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"strings"
 	"testing"
+	"time"
 
 	"wasmvmm/host/display"
 	"wasmvmm/sdk/virtio"
@@ -123,6 +124,7 @@ func TestArenaLimitAndCompaction(t *testing.T) {
 			t.Fatalf("full-HD resource %d: %#x", id, st)
 		}
 	}
+	t.Logf("plugin linear memory with the arena full: %d MiB", e.inst.MemorySize()>>20)
 	if st := e.create(5, formatB8G8R8X8, w, h); st != respErrOutOfMemory {
 		t.Fatalf("fifth full-HD resource: %#x, want OUT_OF_MEMORY", st)
 	}
@@ -253,6 +255,59 @@ func TestBadProperties(t *testing.T) {
 		err := inst.Realize(c.props)
 		if err == nil || !strings.Contains(logs.String(), c.want) {
 			t.Errorf("%v: realize error %v; log:\n%s", c.props, err, logs)
+		}
+	}
+}
+
+// TestBudgetContinuesFromTimer: a driver queueing more pixel bytes than one
+// call may move is served in several calls; the rest completes from the
+// continuation timer without another notification.
+func TestBudgetContinuesFromTimer(t *testing.T) {
+	const w, h, n = 1920, 1080, 40 // 40 x 7.9 MiB > the 256 MiB budget
+	e := start(t, nil, nil)
+	e.up()
+	pages := pageList(fbBase, w*h*4)
+	e.create(1, formatB8G8R8X8, w, h)
+	e.attach(1, pages)
+	var heads []uint16
+	for i := 0; i < n; i++ {
+		b := words(hdr(cmdTransferToHost2D, uint64(i+1)), 0, 0, w, h)
+		b = binary.LittleEndian.AppendUint64(b, 0)
+		b = words(b, 1, 0)
+		at := uint64(cmdAddr + 0x40*i)
+		e.guest.Write(at, b)
+		head, err := e.ctrl.Add([]virtiotest.Buf{{Addr: at, Len: uint32(len(b))}, {Addr: respAddr + 0x40*uint64(i), Len: hdrSize, Write: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads = append(heads, head)
+	}
+	before := e.ctrl.UsedIdx()
+	// The VM clock stands still: the continuation waits until it runs.
+	e.h.clock.Pause()
+	e.ctrl.Publish(heads...)
+	e.ctrl.Notify()
+	// The call stops once it moved the budget: after ceil(budget/frame)
+	// transfers.
+	want := uint16((notifyBudget + w*h*4 - 1) / (w * h * 4))
+	if got := e.ctrl.UsedIdx() - before; got != want {
+		t.Fatalf("the notification completed %d transfers, want %d (256 MiB budget)\n%s", got, want, e.logs)
+	}
+	e.h.clock.Resume()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.ctrl.UsedIdx()-before != n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	used, _ := e.ctrl.TakeUsed()
+	if len(used) != n {
+		t.Fatalf("%d of %d transfers completed (%v)", len(used), n, e.inst.Err())
+	}
+	// Fences complete in submission order.
+	for i, u := range used {
+		r := make([]byte, hdrSize)
+		e.guest.Read(respAddr+0x40*uint64(i), r)
+		if u.ID != uint32(heads[i]) || le.Uint32(r) != respOKNoData || le.Uint64(r[8:]) != uint64(i+1) {
+			t.Fatalf("completion %d: used %+v, response type %#x fence %d", i, u, le.Uint32(r), le.Uint64(r[8:]))
 		}
 	}
 }
