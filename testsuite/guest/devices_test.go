@@ -96,34 +96,11 @@ func startNamed(t *testing.T, dir, name, cmdline string, extra ...string) *qemuD
 
 // ---------------------------------------------------------------- block
 
-const sectorSize = 512
-
-// blkPattern is byte i of sector s written by blk_test (README.md).
-func blkPattern(s, i, seed uint64) byte { return byte(s*7 + i + seed) }
-
-// checkImage checks the pattern in [start, start+n) and zeros elsewhere.
+// checkImage checks the blk_test pattern in [start, start+n), zeros elsewhere.
 func checkImage(t *testing.T, path string, start, n, seed uint64) {
 	t.Helper()
-	img, err := os.ReadFile(path)
-	if err != nil {
+	if err := CheckImage(path, start, n, seed); err != nil {
 		t.Fatal(err)
-	}
-	bad := 0
-	for off := range img {
-		s, i := uint64(off)/sectorSize, uint64(off)%sectorSize
-		want := byte(0)
-		if s >= start && s < start+n {
-			want = blkPattern(s, i, seed)
-		}
-		if img[off] != want {
-			if bad < 5 {
-				t.Errorf("image byte %d (sector %d byte %d) = %#x, want %#x", off, s, i, img[off], want)
-			}
-			bad++
-		}
-	}
-	if bad > 0 {
-		t.Fatalf("%d image bytes differ from the blk_test pattern", bad)
 	}
 }
 
@@ -188,10 +165,7 @@ func (p *echoPeer) serve() {
 		if !echo || n < 14 || from == nil {
 			continue
 		}
-		r := append([]byte(nil), f...)
-		copy(r[0:6], f[6:12])
-		copy(r[6:12], f[0:6])
-		p.conn.WriteToUnix(r, from)
+		p.conn.WriteToUnix(EchoReply(f), from)
 	}
 }
 
@@ -213,27 +187,10 @@ func (p *echoPeer) argsAt(local, mac string) []string {
 		"-device", "virtio-net-device,netdev=n0,mac=" + mac}
 }
 
-// wantFrame is the frame net_test sends with sequence number seq (README.md).
-func wantFrame(mac net.HardwareAddr, seq, size int) []byte {
-	f := make([]byte, size)
-	for k := range f {
-		f[k] = byte(k)
-	}
-	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	copy(f[6:12], mac)
-	f[12], f[13] = 0x88, 0xb5
-	text := fmt.Sprintf("WASMVMM-ECHO %d", seq)
-	copy(f[14:], text)
-	f[14+len(text)] = 0
-	return f
-}
-
 func checkFrames(t *testing.T, got [][]byte, mac net.HardwareAddr, size int) {
 	t.Helper()
-	for i, f := range got {
-		if want := wantFrame(mac, i+1, size); !bytes.Equal(f, want) {
-			t.Fatalf("frame %d:\n got %x\nwant %x", i+1, f, want)
-		}
+	if err := CheckEchoFrames(got, mac, size); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -328,16 +285,6 @@ func readPPM(data []byte) (w, h int, rgb []byte, err error) {
 	return w, h, data[i:], nil
 }
 
-// testCard is pixel (x, y) of the guest's test card for a w x h resource.
-func testCard(x, y, w, h int) (r, g, b byte) {
-	r = byte(x * 255 / (w - 1))
-	g = byte(y * 255 / (h - 1))
-	if (x/32+y/32)%2 == 1 {
-		b = 255
-	}
-	return r, g, b
-}
-
 // checkScreendump takes a QMP screendump and compares it with the test card.
 func checkScreendump(t *testing.T, q *qemuDevices, w, h int) {
 	t.Helper()
@@ -356,21 +303,12 @@ func checkScreendump(t *testing.T, q *qemuDevices, w, h int) {
 	if gw != w || gh != h {
 		t.Fatalf("screendump %dx%d, want %dx%d", gw, gh, w, h)
 	}
-	bad := 0
-	for y := 0; y < h; y++ {
-		for x := 0; x < w; x++ {
-			r, g, b := testCard(x, y, w, h)
-			p := rgb[(y*w+x)*3:]
-			if p[0] != r || p[1] != g || p[2] != b {
-				if bad < 5 {
-					t.Errorf("pixel (%d,%d) = %d,%d,%d, want %d,%d,%d", x, y, p[0], p[1], p[2], r, g, b)
-				}
-				bad++
-			}
-		}
-	}
-	if bad > 0 {
-		t.Fatalf("%d of %d pixels differ from the test card", bad, w*h)
+	err = CheckTestCard(w, h, func(x, y int) (r, g, b byte) {
+		p := rgb[(y*w+x)*3:]
+		return p[0], p[1], p[2]
+	})
+	if err != nil {
+		t.Fatalf("screendump: %v", err)
 	}
 }
 
@@ -533,7 +471,7 @@ func TestQEMUVirtioFailures(t *testing.T) {
 	})
 	t.Run("beyond-capacity", func(t *testing.T) {
 		dir := shortTempDir(t)
-		img := newImage(t, dir, 64*sectorSize)
+		img := newImage(t, dir, 64*SectorSize)
 		q := startDevices(t, dir, "workload=idle blk_test=1 blk_start=1", blkArgs(img, "")...)
 		expectLine(t, q.serial, reBlk, "BLK FAIL range beyond capacity=0x40")
 	})

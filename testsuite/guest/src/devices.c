@@ -134,6 +134,12 @@ static void boot_net(void)
 	ln_end(&out);
 }
 
+static void say_info(const char *s)
+{
+	ln_str(&out, s);
+	ln_end(&out);
+}
+
 static void boot_gpu(void)
 {
 	struct vdev *d = &dv.gpu;
@@ -142,6 +148,8 @@ static void boot_gpu(void)
 		fail_line("GPU FAIL ", d);
 		return;
 	}
+	if (gpu_used_default_mode())
+		say_info("GUEST INFO gpu scanout 0 reports no mode: using 1024x768");
 	ln_str(&out, "GPU OK ");
 	ln_dec(&out, w);
 	ln_str(&out, "x");

@@ -88,7 +88,10 @@ static struct {
 	u32 *fb;
 	u32 w, h;
 	int created;
+	int fallback; /* scanout 0 reported no mode: DEFAULT_W x DEFAULT_H */
 } gpu;
+
+int gpu_used_default_mode(void) { return gpu.fallback; }
 
 int gpu_init(struct vdev *d)
 {
@@ -168,6 +171,7 @@ int gpu_draw(struct vdev *d, u32 *wp, u32 *hp)
 	if (!di->pmodes[0].enabled || !gpu.w || !gpu.h) {
 		gpu.w = DEFAULT_W;
 		gpu.h = DEFAULT_H;
+		gpu.fallback = 1;
 	}
 	if (gpu.w > 16384 || gpu.h > 16384)
 		return vdev_fail(d, "scanout 0 too large: width", gpu.w);

@@ -161,6 +161,7 @@ u32 net_max_buffers(void); /* most rx buffers one frame used so far */
 int gpu_init(struct vdev *d);
 int gpu_draw(struct vdev *d, u32 *w, u32 *h); /* display info .. flush */
 int gpu_reflush(struct vdev *d);
+int gpu_used_default_mode(void); /* 1: scanout 0 was disabled or empty */
 
 /* devices.c */
 void devices_boot(const struct bootinfo *bi, const struct config *cfg);
