@@ -191,7 +191,7 @@ func chunkSubsections() []sdk.Option {
 	}
 	for i := range arena {
 		opts = append(opts, sdk.Subsection(fmt.Sprintf("virtio-gpu/pixels/%d", i), &arena[i],
-			func() bool { return gpu.chunkUsed[i] }))
+			func() bool { return chunkInUse(uint32(i)) }))
 	}
 	return opts
 }
@@ -200,17 +200,16 @@ func chunkSubsections() []sdk.Option {
 // derived state and scratch buffers, all set up again by realize and
 // rebuilt by post-load.
 type device struct {
-	t         *virtio.Transport
-	outputs   uint32
-	pixels    []byte        // the arena as one slice
-	pool      []sdk.SGEntry // the backing pool as scatter-gather entries
-	sg        []sdk.SGEntry // scratch for transfers
-	cmd       [cmdBufSize]byte
-	resp      [respBufSize]byte
-	edid      [edidSize]byte
-	config    [configSize]byte
-	moved     uint64 // pixel bytes moved in the current call
-	chunkUsed [arenaChunks]bool
+	t       *virtio.Transport
+	outputs uint32
+	pixels  []byte        // the arena as one slice
+	pool    []sdk.SGEntry // the backing pool as scatter-gather entries
+	sg      []sdk.SGEntry // scratch for transfers
+	cmd     [cmdBufSize]byte
+	resp    [respBufSize]byte
+	edid    [edidSize]byte
+	config  [configSize]byte
+	moved   uint64 // pixel bytes moved in the current call
 }
 
 var gpu = &device{sg: make([]sdk.SGEntry, 0, abi.MaxSGEntries)}
@@ -314,16 +313,12 @@ func (d *device) resetDevice() {
 		st.Resources[i] = resource{}
 	}
 	st.BackingUsed = 0
-	d.chunkUsed = [arenaChunks]bool{}
 }
 
-// PreSave marks the arena chunks that live resources use, for the
-// subsections' needed callbacks. Commands complete inside the call that
-// submitted them, so nothing is in flight.
-func (d *device) PreSave() error {
-	d.markChunks()
-	return nil
-}
+// PreSave has nothing to drain: commands complete inside the call that
+// took them, so nothing is in flight. Chains a budget-limited call left in
+// the available ring migrate there (PostLoad resumes them).
+func (d *device) PreSave() error { return nil }
 
 // PostLoad checks the loaded state, rebuilds what is derived from it and
 // brings the transport's interrupt line to its level.
@@ -331,7 +326,17 @@ func (d *device) PostLoad(uint32) error {
 	if err := d.checkLoaded(); err != nil {
 		return fmt.Errorf("virtio-gpu: loaded state: %w", err)
 	}
-	return d.t.PostLoad()
+	if err := d.t.PostLoad(); err != nil {
+		return err
+	}
+	// The source may have left commands in the control queue for its
+	// continuation timer, which does not migrate: resume them here.
+	if d.t.Live() {
+		if err := continueTimer.Arm(sdk.Now()); err != nil {
+			return fmt.Errorf("virtio-gpu: arming the continuation timer: %w", err)
+		}
+	}
+	return nil
 }
 
 // QueueNotify implements virtio.Handler.

@@ -4,15 +4,18 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"image/color"
 	"strings"
 	"testing"
+	"time"
 
 	"wasmvmm/abi"
 	"wasmvmm/host/display"
 	"wasmvmm/host/plugin"
 	"wasmvmm/host/vmstate"
+	"wasmvmm/sdk/virtio/virtiotest"
 )
 
 // pluginStore is a plugin instance's linear memory as a vmstate store (as
@@ -279,5 +282,52 @@ func TestLoadRefusesInconsistentState(t *testing.T) {
 		if err := dst.inst.PostLoad(1); err == nil {
 			t.Errorf("%s: post-load accepted it", c.name)
 		}
+	}
+}
+
+// TestMigratePendingCommands: commands a budget-limited call left in the
+// control queue for the source's continuation timer (which does not
+// migrate) complete on the destination without another notification.
+func TestMigratePendingCommands(t *testing.T) {
+	const w, h, n = 1920, 1080, 40
+	src := start(t, nil, nil)
+	src.up()
+	src.create(1, formatB8G8R8X8, w, h)
+	src.attach(1, pageList(fbBase, w*h*4))
+	var heads []uint16
+	for i := 0; i < n; i++ {
+		b := words(hdr(cmdTransferToHost2D, 0), 0, 0, w, h)
+		b = binary.LittleEndian.AppendUint64(b, 0)
+		b = words(b, 1, 0)
+		at := uint64(cmdAddr + 0x40*i)
+		src.guest.Write(at, b)
+		head, err := src.ctrl.Add([]virtiotest.Buf{{Addr: at, Len: uint32(len(b))}, {Addr: respAddr + 0x40*uint64(i), Len: hdrSize, Write: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads = append(heads, head)
+	}
+	before := src.ctrl.UsedIdx()
+	src.h.clock.Pause() // the source stops before its continuation runs
+	src.ctrl.Publish(heads...)
+	src.ctrl.Notify()
+	done := src.ctrl.UsedIdx() - before
+	if done == 0 || done >= n {
+		t.Fatalf("the source completed %d of %d transfers before stopping", done, n)
+	}
+	stream := save(t, src)
+	dst := start(t, nil, nil)
+	if _, err := vmstate.Load(bytes.NewReader(stream), vmstate.LoadOptions{
+		Machine: machineName, Blocks: dst.guest.m.Blocks(), Registry: registry(t, dst.inst),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	src.inst, src.drv.Bus, src.drv.RAM, src.guest = dst.inst, bus{dst.inst}, dst.guest, dst.guest
+	deadline := time.Now().Add(10 * time.Second)
+	for src.ctrl.UsedIdx()-before != n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := src.ctrl.UsedIdx() - before; got != n {
+		t.Fatalf("%d of %d transfers completed after migration (%v)", got, n, dst.inst.Err())
 	}
 }

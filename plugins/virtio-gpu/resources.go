@@ -174,19 +174,17 @@ func scanoutRectOK(x, y, w, h uint32, r *resource) bool {
 		x <= r.Width && y <= r.Height && w <= r.Width-x && h <= r.Height-y
 }
 
-// markChunks records which arena chunks hold pixels of live resources.
-func (d *device) markChunks() {
-	d.chunkUsed = [arenaChunks]bool{}
+// chunkInUse reports whether a live resource's image touches arena chunk
+// c: whether subsection virtio-gpu/pixels/c goes on the wire.
+func chunkInUse(c uint32) bool {
+	lo, hi := c*chunkBytes, (c+1)*chunkBytes
 	for i := range st.Resources {
 		r := &st.Resources[i]
-		if r.ID == 0 || r.imageBytes() == 0 {
-			continue
-		}
-		first, last := r.Pixels/chunkBytes, (r.Pixels+r.imageBytes()-1)/chunkBytes
-		for c := first; c <= last && c < arenaChunks; c++ {
-			d.chunkUsed[c] = true
+		if r.ID != 0 && r.Pixels < hi && r.Pixels+r.imageBytes() > lo {
+			return true
 		}
 	}
+	return false
 }
 
 // checkLoaded validates state written by an incoming migration and
@@ -290,6 +288,5 @@ func (d *device) checkLoaded() error {
 		// describe the same framebuffer, which follows from the resource.
 		setFramebuffer(s, r)
 	}
-	d.markChunks()
 	return nil
 }
