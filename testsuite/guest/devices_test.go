@@ -482,6 +482,13 @@ func TestQEMUVirtioFailures(t *testing.T) {
 		q := startDevices(t, dir, "workload=idle blk_test=1", args...)
 		expectLine(t, q.serial, reBlk, "BLK FAIL not a virtio-mmio version 2 device: version=0x1")
 	})
+	t.Run("bad-dev-mem", func(t *testing.T) {
+		// The DMA area may not overlap the dirtier's range.
+		q := startDevices(t, shortTempDir(t), "workload=dirtier blk_test=1 dev_mem=18M dev_mem_size=4M")
+		if got := q.serial.panicLine(t); got != "GUEST PANIC devices: dev_mem overlaps the dirtier's range" {
+			t.Fatalf("got %q", got)
+		}
+	})
 	t.Run("no-echo", func(t *testing.T) {
 		dir := shortTempDir(t)
 		peer := newEchoPeer(t, dir, 0)
@@ -609,6 +616,26 @@ func (s *serialLines) drain() []string {
 			got = append(got, l)
 		case <-time.After(100 * time.Millisecond):
 			return got
+		}
+	}
+}
+
+// panicLine returns the first GUEST PANIC line (within 10 s).
+func (s *serialLines) panicLine(t *testing.T) string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("serial closed without a panic:\n%s", strings.Join(s.all, "\n"))
+			}
+			s.all = append(s.all, l)
+			if strings.HasPrefix(l, "GUEST PANIC") {
+				return l
+			}
+		case <-deadline:
+			t.Fatalf("no GUEST PANIC:\n%s", strings.Join(s.all, "\n"))
 		}
 	}
 }
