@@ -165,17 +165,22 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	p.sel = make([][]uint64, len(p.blocks))
 	p.empty = make([][]uint64, len(p.blocks))
 	var total uint64
+	pending := 0
 	for i, b := range p.blocks {
 		words := int((b.Pages() + 63) / 64)
 		p.dirty[i] = make([]uint64, words)
 		p.sel[i] = make([]uint64, words)
 		p.empty[i] = make([]uint64, words)
 		residentPages(b, p.dirty[i])
+		for _, w := range p.dirty[i] {
+			pending += bits.OnesCount64(w)
+		}
 		total += b.Size()
 	}
 	g.mu.Lock()
 	g.setupTime = time.Since(setupStart)
 	g.ram.Total = int64(total)
+	g.ram.Remaining = int64(pending) * vmstate.PageSize
 	g.ram.DirtySyncCount = 1
 	g.mu.Unlock()
 	g.setStatus(StatusActive)

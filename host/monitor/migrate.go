@@ -137,7 +137,12 @@ func (mon *Monitor) RegisterMigration(mg *Migration) error {
 			}
 			return struct{}{}, mg.Incoming(chs)
 		}),
-		"query-migrate":  qmp.NoArgs(func(ctx context.Context) (any, error) { return g.Query(), nil }),
+		"query-migrate": qmp.NoArgs(func(ctx context.Context) (any, error) { return g.Query(), nil }),
+		"migrate-continue": qmp.Typed(func(ctx context.Context, a struct {
+			State migration.Status `json:"state"`
+		}) (any, error) {
+			return struct{}{}, g.Continue(a.State)
+		}),
 		"migrate_cancel": qmp.NoArgs(func(ctx context.Context) (any, error) { g.Cancel(); return struct{}{}, nil }),
 		"query-migrate-parameters": qmp.NoArgs(func(ctx context.Context) (any, error) {
 			return g.Parameters(), nil

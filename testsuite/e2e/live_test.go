@@ -3,12 +3,17 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"wasmvmm/host/blockdev"
 	"wasmvmm/host/machine"
 	"wasmvmm/host/migration"
 	"wasmvmm/testsuite/dirtycheck"
@@ -122,5 +127,172 @@ func TestLiveMigrationOfTheDirtierIsExact(t *testing.T) {
 	stream := src.Console.String() + dst.ip.Console.String()
 	if want := fmt.Sprintf("\nDIRTY pass=%d\n", last+1); !strings.Contains(stream, want) {
 		t.Fatalf("the pass numbering does not continue (%q missing)", want)
+	}
+}
+
+// diskExtra attaches a raw image as blk0 in a VM configuration.
+func diskExtra(img string) string {
+	return fmt.Sprintf("\n[[device]]\nid = \"blk0\"\nbackends = { disk = %q }\n", img)
+}
+
+// queryMigrate returns query-migrate's answer.
+func queryMigrate(t *testing.T, mon *qmp.SocketMonitor) map[string]any {
+	t.Helper()
+	r := qmpRun(t, mon, "query-migrate")
+	ret, _ := r["return"].(map[string]any)
+	return ret
+}
+
+// waitMigrationStatus polls until query-migrate reports one of states.
+func waitMigrationStatus(t *testing.T, mon *qmp.SocketMonitor, states ...string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ret := queryMigrate(t, mon)
+		for _, s := range states {
+			if ret["status"] == s {
+				return ret
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("migration still %v, want %v", ret["status"], states)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// expectMigrationEvent waits for a MIGRATION event with status.
+func expectMigrationEvent(t *testing.T, events <-chan qmp.Event, status string) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.Event == "MIGRATION" && e.Data["status"] == status {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no MIGRATION event with status %s", status)
+		}
+	}
+}
+
+// ownerRefused checks that a third party cannot take img and that the
+// refusal names a holder.
+func ownerRefused(t *testing.T, img string) string {
+	t.Helper()
+	im, err := blockdev.Open(img, blockdev.Options{Owner: "third party"})
+	if err == nil {
+		im.Close()
+		t.Fatal("a third party could take the disk: nobody owns it")
+	}
+	if !errors.Is(err, blockdev.ErrLocked) || !strings.Contains(err.Error(), "pid") {
+		t.Fatalf("refusal does not name the holder: %v", err)
+	}
+	return err.Error()
+}
+
+// TestLiveMigrationBetweenProcessesWithTheCLI migrates a running guest with
+// a disk from one wasmvmm process to another with `wasmvmm migrate`; the
+// disk's lock moves from the source's pid to the destination's.
+func TestLiveMigrationBetweenProcessesWithTheCLI(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	img := scratchImage(t, 16<<20)
+	cfg := writeConfig(t, dir, b.Guest, dirtier+" dirty_rate_mb=64", diskExtra(img))
+	srcSock, dstSock, migSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "dst.sock"), filepath.Join(dir, "mig.sock")
+	src := harness.Start(t, b, dir, "run", cfg, "--qmp", srcSock)
+	src.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
+	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "unix:"+migSock, "--qmp", dstSock)
+	dmon := qmpClient(t, dstSock)
+	if s := status(t, dmon); s != "inmigrate" {
+		t.Fatalf("destination status %s", s)
+	}
+	if !strings.Contains(ownerRefused(t, img), fmt.Sprint(src.Cmd.Process.Pid)) {
+		t.Fatal("before migration the source does not own the disk")
+	}
+	code, out := harness.Run(t, b, "migrate", "--qmp", srcSock, "unix:"+migSock)
+	t.Logf("wasmvmm migrate:\n%s", out)
+	if code != 0 || !strings.Contains(out, "status:       completed") || !strings.Contains(out, "downtime:") {
+		t.Fatalf("wasmvmm migrate exit %d", code)
+	}
+	mon := qmpClient(t, srcSock)
+	if s := status(t, mon); s != "postmigrate" {
+		t.Fatalf("source status %s", s)
+	}
+	before := passes(src.SerialText())
+	deadline := time.Now().Add(20 * time.Second)
+	for passes(dst.SerialText()) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("destination guest does not run; serial %q", dst.SerialText())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := status(t, dmon); s != "running" {
+		t.Fatalf("destination status %s", s)
+	}
+	if want := fmt.Sprintf("\nDIRTY pass=%d\n", before+1); !strings.Contains(src.SerialText()+dst.SerialText(), want) {
+		t.Fatalf("numbering does not continue: %q missing", want)
+	}
+	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(dst.Cmd.Process.Pid)) {
+		t.Fatalf("after migration the disk is not the destination's: %s", holder)
+	}
+	ret := queryMigrate(t, dmon)
+	if ret["status"] != "completed" {
+		t.Fatalf("destination query-migrate: %v", ret)
+	}
+}
+
+// TestDestinationKilledMidStream: the source fails the migration, owns its
+// disk again and keeps running.
+func TestDestinationKilledMidStream(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	img := scratchImage(t, 16<<20)
+	cfg := writeConfig(t, dir, b.Guest, dirtier, diskExtra(img))
+	srcSock, migSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
+	src := harness.Start(t, b, dir, "run", cfg, "--qmp", srcSock)
+	src.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
+	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "unix:"+migSock)
+	mon := qmpClient(t, srcSock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := drainEvents(t, ctx, mon)
+	run := func(cmd string) {
+		if out, err := mon.Run([]byte(cmd)); err != nil {
+			t.Fatalf("%s: %v %s", cmd, err, out)
+		}
+	}
+	run(`{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}`)
+	// 4 MiB/s: the first pass alone takes seconds; the dirtier never lets
+	// it converge.
+	run(`{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":4194304}}`)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(migSock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("destination does not listen")
+		}
+	}
+	run(`{"execute":"migrate","arguments":{"uri":"unix:` + migSock + `"}}`)
+	waitMigrationStatus(t, mon, "active")
+	time.Sleep(300 * time.Millisecond)
+	dst.Cmd.Process.Kill()
+	ret := waitMigrationStatus(t, mon, "failed")
+	expectMigrationEvent(t, events, "failed")
+	t.Logf("error-desc: %v", ret["error-desc"])
+	if ret["error-desc"] == nil || ret["error-desc"] == "" {
+		t.Fatal("no error-desc")
+	}
+	if s := status(t, mon); s != "running" {
+		t.Fatalf("source status after the failure: %s", s)
+	}
+	n := passes(src.SerialText())
+	src.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", n+1), 20*time.Second)
+	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(src.Cmd.Process.Pid)) {
+		t.Fatalf("the source does not own its disk: %s", holder)
 	}
 }

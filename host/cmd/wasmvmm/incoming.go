@@ -17,14 +17,19 @@ type incomingSpec struct {
 	deferred bool
 	channels []migration.Channel
 	once     sync.Once
+	// failed receives the error of a socket migration that failed to load;
+	// the process then exits unless the migration was deferred (QEMU exits
+	// too when -incoming URI fails; after migrate-incoming it stays).
+	failed chan error
 }
 
 func (s *incomingSpec) active() bool { return s.deferred || len(s.channels) > 0 }
 
 // parseIncoming reads the repeatable --incoming flags: "defer", or URIs
-// (file:PATH, unix:PATH, tcp:HOST:PORT, fd:N, cpr,unix:PATH).
+// (file:PATH, unix:PATH, tcp:HOST:PORT, fd:N, cpr,unix:PATH). A socket URI
+// listens at once and loads the first connection.
 func parseIncoming(flags []string) (*incomingSpec, error) {
-	s := &incomingSpec{}
+	s := &incomingSpec{failed: make(chan error, 1)}
 	for _, f := range flags {
 		if f == "defer" {
 			s.deferred = true
@@ -68,5 +73,23 @@ func (s *incomingSpec) start(ctx context.Context, g *migration.Migrator, m *mach
 		return fmt.Errorf("the machine is %s, not waiting for an incoming migration", st)
 	}
 	log.Info("incoming migration", "from", main.String())
-	return g.Incoming(ctx, *main)
+	if main.Transport == "file" {
+		return g.Incoming(ctx, *main)
+	}
+	// A socket: listen now, load in the background.
+	res, err := g.ListenIncoming(ctx, *main)
+	if err != nil {
+		return err
+	}
+	go func() {
+		if err := <-res; err != nil {
+			log.Error("incoming migration failed", "error", err)
+			if !s.deferred {
+				s.failed <- err
+			}
+		} else {
+			log.Info("incoming migration completed")
+		}
+	}()
+	return nil
 }

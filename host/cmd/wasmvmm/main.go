@@ -5,6 +5,7 @@
 //	wasmvmm demo [flags]              boot the test guest with the default devices
 //	wasmvmm build-plugins [DIR]       build every plugin under plugins/ into DIR
 //	wasmvmm analyze FILE              print a migration stream as JSON
+//	wasmvmm migrate --qmp SOCK URI    live-migrate a running VM (progress and figures)
 //	wasmvmm machines                  list the machine types
 //	wasmvmm version
 //
@@ -39,6 +40,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdBuildPlugins(rest, stdout, stderr)
 	case "analyze":
 		return cmdAnalyze(rest, stdout, stderr)
+	case "migrate":
+		return cmdMigrate(rest, stdout, stderr)
 	case "machines":
 		return cmdMachines(rest, stdout, stderr)
 	case "version", "--version":
@@ -62,6 +65,8 @@ commands:
   build-plugins [DIR]       build every plugin under plugins/ (default DIR: bin/plugins)
   analyze [-d all|state|desc] FILE
                             print a migration stream or snapshot as JSON
+  migrate --qmp SOCK URI    migrate a running VM (unix:PATH, tcp:HOST:PORT, fd:N, file:PATH)
+                            with a progress bar and the final figures
   machines                  list the machine types
   version                   print the version
 

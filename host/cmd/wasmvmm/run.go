@@ -56,7 +56,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.shareMemory, "share-memory", false, "back guest RAM with memfds (needed for cpr-transfer)")
 	fs.StringVar(&f.serial, "serial", "", "serial console: stdio, null, file:PATH or unix:PATH")
 	fs.StringVar(&f.qmp, "qmp", "", "QMP unix socket path (created mode 0600)")
-	fs.Var(&f.incoming, "incoming", "incoming migration URI (repeatable; e.g. defer, file:PATH, unix:PATH, cpr,unix:PATH)")
+	fs.Var(&f.incoming, "incoming", "incoming migration URI (repeatable): defer, file:PATH, unix:PATH, tcp:HOST:PORT, fd:N, cpr,unix:PATH")
 	fs.StringVar(&f.machineType, "machine", "", "machine type (see `wasmvmm machines`)")
 	fs.StringVar(&f.machinesDir, "machines", "", "read machine types from this directory instead of the built-in ones")
 	fs.StringVar(&f.kernel, "kernel", "", "kernel to boot (ELF or bzImage)")
@@ -343,6 +343,10 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	case <-m.Done():
 	case <-ctx.Done():
 		m.Shutdown("host-signal", false)
+	case err := <-incoming.failed:
+		m.Shutdown("host-incoming-failed", false)
+		restore()
+		return 1, fmt.Errorf("incoming migration: %w", err)
 	}
 	restore()
 	if st, reason := m.State(); st == machine.StateInternalError {
