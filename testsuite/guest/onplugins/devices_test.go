@@ -187,7 +187,8 @@ func (v *pluginVM) wait(t *testing.T, re *regexp.Regexp, d time.Duration) string
 		if strings.Contains(out, "GUEST PANIC") {
 			t.Fatalf("guest panicked:\n%s", out)
 		}
-		for _, l := range strings.Split(out, "\n") {
+		lines := strings.Split(out, "\n")
+		for _, l := range lines[:len(lines)-1] { // complete lines only
 			if re.MatchString(l) {
 				return l
 			}
