@@ -3,11 +3,15 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -295,4 +299,278 @@ func TestDestinationKilledMidStream(t *testing.T) {
 	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(src.Cmd.Process.Pid)) {
 		t.Fatalf("the source does not own its disk: %s", holder)
 	}
+}
+
+// eventLog records the events a Migrator emits.
+type eventLog struct {
+	mu  sync.Mutex
+	evs []string
+}
+
+func (l *eventLog) emit(name string, data map[string]any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s, ok := data["status"]; ok {
+		name += ":" + fmt.Sprint(s)
+	}
+	l.evs = append(l.evs, name)
+}
+
+func (l *eventLog) has(e string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, x := range l.evs {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+// liveMigrator is a Migrator with events on, recorded in the returned log.
+func liveMigrator(t *testing.T, ip *harness.InProcess) (*migration.Migrator, *eventLog) {
+	t.Helper()
+	log := &eventLog{}
+	g := migration.New(migration.Config{Machine: ip.M, MachineType: ip.M.Config().MachineType.Name, Emit: log.emit})
+	if err := g.SetCapabilities([]migration.CapabilityState{{Capability: "events", State: true}}); err != nil {
+		t.Fatal(err)
+	}
+	return g, log
+}
+
+// fakeDest is a destination that speaks only the pre-flight framing: it
+// answers (or not), then reads the stream until told to stop reading.
+type fakeDest struct {
+	ch       migration.Channel
+	stopRead chan struct{}
+}
+
+func newFakeDest(t *testing.T, answer bool) *fakeDest {
+	t.Helper()
+	f := &fakeDest{stopRead: make(chan struct{})}
+	f.ch = migration.Channel{Type: "main", Transport: "unix", Path: filepath.Join(t.TempDir(), "fake.sock")}
+	ln, err := net.Listen("unix", f.ch.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var hdr [12]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint32(hdr[8:]))); err != nil {
+			return
+		}
+		if !answer {
+			<-f.stopRead
+			return
+		}
+		body := []byte(`{"ok":true}`)
+		c.Write(append(binary.BigEndian.AppendUint32([]byte("WVMMACK1"), uint32(len(body))), body...))
+		buf := make([]byte, 1<<20)
+		for {
+			select {
+			case <-f.stopRead:
+				time.Sleep(time.Minute)
+				return
+			default:
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			if _, err := c.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+		}
+	}()
+	return f
+}
+
+// waitMigStatus waits until the migrator reports status s.
+func waitMigStatus(t *testing.T, g *migration.Migrator, s migration.Status) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for g.Status() != s {
+		if time.Now().After(deadline) {
+			t.Fatalf("migration is %s, want %s (%s)", g.Status(), s, g.Query().ErrorDesc)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// checkSourceBack checks the source after a failed or cancelled migration:
+// its run state is want, the guest runs on (if running), and it owns img.
+func checkSourceBack(t *testing.T, src *harness.InProcess, want machine.RunState, img string) {
+	t.Helper()
+	if st, _ := src.M.State(); st != want {
+		t.Fatalf("source state %s, want %s", st, want)
+	}
+	if want == machine.StateRunning {
+		waitPasses(t, src, passes(src.Console.String())+1)
+	}
+	if img != "" {
+		ownerRefused(t, img)
+	}
+}
+
+func TestLiveMigrationCancelInEveryState(t *testing.T) {
+	start := func(t *testing.T) (*harness.InProcess, string) {
+		img := scratchImage(t, 16<<20)
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier, Backends: map[string]map[string]string{"blk0": {"disk": img}}})
+		if err := src.M.Start(false); err != nil {
+			t.Fatal(err)
+		}
+		waitPasses(t, src, 1)
+		return src, img
+	}
+	t.Run("setup", func(t *testing.T) {
+		src, img := start(t)
+		g, log := liveMigrator(t, src)
+		f := newFakeDest(t, false)
+		defer close(f.stopRead)
+		if err := g.Start(f.ch); err != nil {
+			t.Fatal(err)
+		}
+		waitMigStatus(t, g, migration.StatusSetup)
+		time.Sleep(50 * time.Millisecond)
+		g.Cancel()
+		info := waitStatus(t, g)
+		if info.Status != migration.StatusCancelled || !log.has("MIGRATION:cancelling") || !log.has("MIGRATION:cancelled") {
+			t.Fatalf("status %s, events %v", info.Status, log.evs)
+		}
+		checkSourceBack(t, src, machine.StateRunning, img)
+	})
+	t.Run("active", func(t *testing.T) {
+		src, img := start(t)
+		dst := newLiveDest(t, harness.MachineOptions{Backends: map[string]map[string]string{"blk0": {"disk": img}}}, true)
+		g, _ := liveMigrator(t, src)
+		bw := int64(2 << 20)
+		g.SetParameters(migration.ParameterUpdate{MaxBandwidth: &bw})
+		if err := g.Start(dst.ch); err != nil {
+			t.Fatal(err)
+		}
+		waitMigStatus(t, g, migration.StatusActive)
+		time.Sleep(100 * time.Millisecond)
+		g.Cancel()
+		if info := waitStatus(t, g); info.Status != migration.StatusCancelled {
+			t.Fatalf("status %s", info.Status)
+		}
+		checkSourceBack(t, src, machine.StateRunning, img)
+		if err := dst.wait(t); err == nil {
+			t.Fatal("the destination completed a cancelled migration")
+		}
+		if st, _ := dst.ip.M.State(); st != machine.StateInMigrate {
+			t.Fatalf("destination %s, want inmigrate", st)
+		}
+	})
+	t.Run("pre-switchover", func(t *testing.T) {
+		src, img := start(t)
+		dst := newLiveDest(t, harness.MachineOptions{Backends: map[string]map[string]string{"blk0": {"disk": img}}}, true)
+		g, _ := liveMigrator(t, src)
+		g.SetCapabilities([]migration.CapabilityState{{Capability: "pause-before-switchover", State: true}})
+		if err := g.Start(dst.ch); err != nil {
+			t.Fatal(err)
+		}
+		waitMigStatus(t, g, migration.StatusPreSwitchover)
+		if st, _ := src.M.State(); st != machine.StateFinishMigrate {
+			t.Fatalf("source in pre-switchover: %s", st)
+		}
+		if err := g.Continue(migration.StatusActive); err == nil {
+			t.Fatal("migrate-continue with the wrong state accepted")
+		}
+		g.Cancel()
+		if info := waitStatus(t, g); info.Status != migration.StatusCancelled {
+			t.Fatalf("status %s", info.Status)
+		}
+		checkSourceBack(t, src, machine.StateRunning, img)
+	})
+	t.Run("pre-switchover-continue", func(t *testing.T) {
+		src, img := start(t)
+		dst := newLiveDest(t, harness.MachineOptions{Backends: map[string]map[string]string{"blk0": {"disk": img}}}, true)
+		g, _ := liveMigrator(t, src)
+		g.SetCapabilities([]migration.CapabilityState{{Capability: "pause-before-switchover", State: true}})
+		if err := g.Start(dst.ch); err != nil {
+			t.Fatal(err)
+		}
+		waitMigStatus(t, g, migration.StatusPreSwitchover)
+		if err := g.Continue(migration.StatusPreSwitchover); err != nil {
+			t.Fatal(err)
+		}
+		if info := waitStatus(t, g); info.Status != migration.StatusCompleted {
+			t.Fatalf("status %s: %s", info.Status, info.ErrorDesc)
+		}
+		if err := dst.wait(t); err != nil {
+			t.Fatal(err)
+		}
+		waitPasses(t, dst.ip, 1)
+	})
+	t.Run("device", func(t *testing.T) {
+		src, img := start(t)
+		f := newFakeDest(t, true)
+		g, log := liveMigrator(t, src)
+		g.SetCapabilities([]migration.CapabilityState{{Capability: "pause-before-switchover", State: true}})
+		if err := g.Start(f.ch); err != nil {
+			t.Fatal(err)
+		}
+		waitMigStatus(t, g, migration.StatusPreSwitchover)
+		// The destination stops reading: the final pages (the dirtier's
+		// whole range) fill the socket and the source waits in device.
+		close(f.stopRead)
+		time.Sleep(20 * time.Millisecond)
+		g.Continue(migration.StatusPreSwitchover)
+		waitMigStatus(t, g, migration.StatusDevice)
+		time.Sleep(50 * time.Millisecond)
+		if g.Status() != migration.StatusDevice {
+			t.Fatalf("left device: %s", g.Status())
+		}
+		// In device the source gave its disk up.
+		if im, err := blockdev.Open(img, blockdev.Options{Owner: "probe"}); err != nil {
+			t.Fatalf("in device state the source still owns the disk: %v", err)
+		} else {
+			im.Close()
+		}
+		g.Cancel()
+		if info := waitStatus(t, g); info.Status != migration.StatusCancelled {
+			t.Fatalf("status %s", info.Status)
+		}
+		if !log.has("MIGRATION:device") || !log.has("MIGRATION:cancelled") {
+			t.Fatalf("events %v", log.evs)
+		}
+		checkSourceBack(t, src, machine.StateRunning, img)
+	})
+	t.Run("after-the-end", func(t *testing.T) {
+		src, img := start(t)
+		dst := newLiveDest(t, harness.MachineOptions{Backends: map[string]map[string]string{"blk0": {"disk": img}}}, true)
+		g, _ := liveMigrator(t, src)
+		g.Cancel() // none: nothing to cancel
+		if g.Status() != migration.StatusNone {
+			t.Fatalf("cancel with no migration: %s", g.Status())
+		}
+		if err := g.Start(dst.ch); err != nil {
+			t.Fatal(err)
+		}
+		if info := waitStatus(t, g); info.Status != migration.StatusCompleted {
+			t.Fatalf("status %s", info.Status)
+		}
+		g.Cancel()
+		if g.Status() != migration.StatusCompleted {
+			t.Fatalf("cancel after completion changed the status to %s", g.Status())
+		}
+		dst.wait(t)
+		// failed: a second migration to nowhere, then cancel.
+		if err := g.Start(migration.Channel{Type: "main", Transport: "unix", Path: filepath.Join(t.TempDir(), "none")}); err != nil {
+			t.Fatal(err)
+		}
+		if info := waitStatus(t, g); info.Status != migration.StatusFailed {
+			t.Fatalf("status %s", info.Status)
+		}
+		g.Cancel()
+		if g.Status() != migration.StatusFailed {
+			t.Fatalf("cancel after failure changed the status to %s", g.Status())
+		}
+	})
 }
