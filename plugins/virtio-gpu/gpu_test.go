@@ -29,6 +29,12 @@ func TestDisplayInfoAndEDID(t *testing.T) {
 	if n := e.drv.Config(12, 4); n != 0 {
 		t.Errorf("num_capsets %d", n)
 	}
+	// events_clear is the only writable field; num_scanouts stays.
+	e.drv.Bus.Write(virtio.RegConfig+4, 4, 1)
+	e.drv.Bus.Write(virtio.RegConfig+8, 4, 9)
+	if n, ev := e.drv.Config(8, 4), e.drv.Config(0, 4); n != 2 || ev != 0 {
+		t.Errorf("after config writes: num_scanouts %d, events_read %d", n, ev)
+	}
 
 	r := e.exec(hdr(cmdGetDisplayInfo, 0), displayInfoSize)
 	if len(r) != displayInfoSize || le.Uint32(r) != respOKDisplayInfo {
