@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"wasmvmm/abi"
@@ -55,6 +56,9 @@ func (g *Migrator) StartChannels(chs []Channel) error {
 // returned; later ones land in query-migrate and the MIGRATION event.
 func (g *Migrator) Start(ch Channel) error {
 	mode := g.Parameters().Mode
+	if reasons := g.BlockedReasons(mode); len(reasons) > 0 {
+		return fmt.Errorf("disallowing migration: %s", strings.Join(reasons, "; "))
+	}
 	if socketChannel(ch) {
 		return g.startLive(ch, mode)
 	}

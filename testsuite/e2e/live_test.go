@@ -17,6 +17,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 
+	"wasmvmm/abi"
 	"wasmvmm/host/blockdev"
 	"wasmvmm/host/machine"
 	"wasmvmm/host/migration"
@@ -572,5 +573,278 @@ func TestLiveMigrationCancelInEveryState(t *testing.T) {
 		if g.Status() != migration.StatusFailed {
 			t.Fatalf("cancel after failure changed the status to %s", g.Status())
 		}
+	})
+}
+
+// migrateTo runs one in-process live migration and returns the source's
+// final info.
+func migrateTo(t *testing.T, g *migration.Migrator, dst *liveDest) migration.Info {
+	t.Helper()
+	if err := g.Start(dst.ch); err != nil {
+		t.Fatal(err)
+	}
+	return waitStatus(t, g)
+}
+
+func TestLiveMigrationKeepsRunStates(t *testing.T) {
+	t.Run("running", func(t *testing.T) {
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+		src.M.Start(false)
+		waitPasses(t, src, 1)
+		dst := newLiveDest(t, harness.MachineOptions{}, true)
+		info := migrateTo(t, migrator(src), dst)
+		if info.Status != migration.StatusCompleted {
+			t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+		}
+		t.Logf("total %d ms, downtime %d ms, ram %+v", *info.TotalTime, *info.Downtime, *info.RAM)
+		dst.wait(t)
+		if st, _ := dst.ip.M.State(); st != machine.StateRunning {
+			t.Fatalf("state %s", st)
+		}
+		waitPasses(t, dst.ip, 1)
+	})
+	t.Run("paused", func(t *testing.T) {
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+		src.M.Start(false)
+		waitPasses(t, src, 1)
+		src.M.Pause()
+		saved, err := dirtycheck.Check(src.M.Memory(), dirtyStart, dirtyEnd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := newLiveDest(t, harness.MachineOptions{}, true)
+		if info := migrateTo(t, migrator(src), dst); info.Status != migration.StatusCompleted {
+			t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+		}
+		dst.wait(t)
+		if st, _ := dst.ip.M.State(); st != machine.StatePaused {
+			t.Fatalf("a paused guest arrived %s", st)
+		}
+		if got, err := dirtycheck.Check(dst.ip.M.Memory(), dirtyStart, dirtyEnd); err != nil || got != saved {
+			t.Fatalf("pattern %+v, saved %+v (%v)", got, saved, err)
+		}
+	})
+	t.Run("suspended", func(t *testing.T) {
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=suspend dirty_end=24M"})
+		src.M.Start(false)
+		harness.WaitFor(t, src.Console, "GUEST SUSPEND", 20*time.Second)
+		deadline := time.Now().Add(10 * time.Second)
+		for st, _ := src.M.State(); st != machine.StateSuspended; st, _ = src.M.State() {
+			if time.Now().After(deadline) {
+				t.Fatalf("source never suspended: %s", st)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		dst := newLiveDest(t, harness.MachineOptions{}, true)
+		if info := migrateTo(t, migrator(src), dst); info.Status != migration.StatusCompleted {
+			t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+		}
+		dst.wait(t)
+		if st, _ := dst.ip.M.State(); st != machine.StateSuspended {
+			t.Fatalf("a suspended guest arrived %s", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if strings.Contains(dst.ip.Console.String(), "GUEST RESUMED") {
+			t.Fatal("suspended guest ran before system_wakeup")
+		}
+		if err := dst.ip.M.Wakeup(); err != nil {
+			t.Fatal(err)
+		}
+		harness.WaitFor(t, dst.ip.Console, "GUEST RESUMED", 20*time.Second)
+	})
+}
+
+// TestPausedGuestMigratedTwice: QEMU's issue 2395. A paused guest with a
+// disk goes A -> B, then B -> C; then A (postmigrate, its disk long given
+// up) is migrated again to D: A must not inactivate a second time, D cannot
+// take the disk C owns, and A stays as it was.
+func TestPausedGuestMigratedTwice(t *testing.T) {
+	img := scratchImage(t, 16<<20)
+	disk := map[string]map[string]string{"blk0": {"disk": img}}
+	a := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier, Backends: disk})
+	a.M.Start(false)
+	waitPasses(t, a, 1)
+	a.M.Pause()
+	saved, _ := dirtycheck.Check(a.M.Memory(), dirtyStart, dirtyEnd)
+	ga := migrator(a)
+
+	b := newLiveDest(t, harness.MachineOptions{Backends: disk}, true)
+	if info := migrateTo(t, ga, b); info.Status != migration.StatusCompleted {
+		t.Fatalf("A -> B: %s: %s", info.Status, info.ErrorDesc)
+	}
+	if err := b.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	c := newLiveDest(t, harness.MachineOptions{Backends: disk}, true)
+	if info := migrateTo(t, migrator(b.ip), c); info.Status != migration.StatusCompleted {
+		t.Fatalf("B -> C: %s: %s", info.Status, info.ErrorDesc)
+	}
+	if err := c.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := c.ip.M.State(); st != machine.StatePaused {
+		t.Fatalf("C is %s", st)
+	}
+	if got, err := dirtycheck.Check(c.ip.M.Memory(), dirtyStart, dirtyEnd); err != nil || got != saved {
+		t.Fatalf("C's pattern %+v, saved %+v (%v)", got, saved, err)
+	}
+	ownerRefused(t, img)
+
+	d := newLiveDest(t, harness.MachineOptions{Backends: disk}, true)
+	info := migrateTo(t, ga, d)
+	if info.Status != migration.StatusFailed || !strings.Contains(info.ErrorDesc, "activate disk") {
+		t.Fatalf("A -> D while C owns the disk: %s: %s", info.Status, info.ErrorDesc)
+	}
+	t.Logf("A -> D: %s", info.ErrorDesc)
+	if st, _ := a.M.State(); st != machine.StatePostMigrate {
+		t.Fatalf("A after the failed second migration: %s", st)
+	}
+	if st, _ := d.ip.M.State(); st != machine.StateInMigrate {
+		t.Fatalf("D: %s, want inmigrate", st)
+	}
+	// C still owns the disk and can resume.
+	if err := c.ip.M.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitPasses(t, c.ip, 1)
+}
+
+func TestLiveMigrationBlockersPerMode(t *testing.T) {
+	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+	src.M.Start(false)
+	waitPasses(t, src, 1)
+	g, _ := liveMigrator(t, src)
+	normal := g.AddBlocker("host device X cannot migrate", migration.ModeNormal)
+	cpr := g.AddBlocker("host device Y keeps an fd cpr cannot pass", migration.ModeCPRTransfer)
+	dst := newLiveDest(t, harness.MachineOptions{}, true)
+
+	err := g.Start(dst.ch)
+	if err == nil || !strings.Contains(err.Error(), "host device X") || strings.Contains(err.Error(), "host device Y") {
+		t.Fatalf("normal mode: %v", err)
+	}
+	if r := g.Query().BlockedReasons; len(r) != 1 || !strings.Contains(r[0], "device X") {
+		t.Fatalf("blocked-reasons in normal mode: %v", r)
+	}
+	mode := migration.ModeCPRTransfer
+	if err := g.SetParameters(migration.ParameterUpdate{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.Query().BlockedReasons; len(r) != 1 || !strings.Contains(r[0], "device Y") {
+		t.Fatalf("blocked-reasons in cpr-transfer: %v", r)
+	}
+	if err := g.Start(dst.ch); err == nil || !strings.Contains(err.Error(), "device Y") {
+		t.Fatalf("cpr-transfer: %v", err)
+	}
+	mode = migration.ModeNormal
+	g.SetParameters(migration.ParameterUpdate{Mode: &mode})
+	g.RemoveBlocker(normal)
+	if r := g.Query().BlockedReasons; len(r) != 0 {
+		t.Fatalf("blocked-reasons after removal: %v", r)
+	}
+	if st, _ := src.M.State(); st != machine.StateRunning {
+		t.Fatalf("a refused migration touched the guest: %s", st)
+	}
+	if info := migrateTo(t, g, dst); info.Status != migration.StatusCompleted {
+		t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+	}
+	g.RemoveBlocker(cpr)
+}
+
+func TestLiveMigrationNotifierVeto(t *testing.T) {
+	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+	src.M.Start(false)
+	waitPasses(t, src, 1)
+	g, log := liveMigrator(t, src)
+	var seen []string
+	var mu sync.Mutex
+	veto := true
+	g.AddNotifier(migration.Notifier{Name: "cpr-only", Modes: []migration.Mode{migration.ModeCPRTransfer},
+		Func: func(ev abi.MigrationEvent, mode migration.Mode) error {
+			return errors.New("never in cpr")
+		}})
+	g.AddNotifier(migration.Notifier{Name: "backup agent", Modes: []migration.Mode{migration.ModeNormal},
+		Func: func(ev abi.MigrationEvent, mode migration.Mode) error {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, fmt.Sprint(ev))
+			if ev == abi.MigrationSetup && veto {
+				return errors.New("a backup is running")
+			}
+			return nil
+		}})
+	dst := newLiveDest(t, harness.MachineOptions{}, true)
+	err := g.Start(dst.ch)
+	if err == nil || !strings.Contains(err.Error(), "backup agent vetoed the migration: a backup is running") {
+		t.Fatalf("veto: %v", err)
+	}
+	if info := g.Query(); info.Status != migration.StatusFailed || !strings.Contains(info.ErrorDesc, "a backup is running") {
+		t.Fatalf("query-migrate after the veto: %+v", info)
+	}
+	if !log.has("MIGRATION:failed") {
+		t.Fatalf("events %v", log.evs)
+	}
+	if st, _ := src.M.State(); st != machine.StateRunning {
+		t.Fatalf("vetoed migration touched the guest: %s", st)
+	}
+	if s := dst.g.Status(); s != migration.StatusSetup {
+		t.Fatalf("the destination heard from a vetoed source: %s", s)
+	}
+	mu.Lock()
+	veto = false
+	mu.Unlock()
+	if info := migrateTo(t, g, dst); info.Status != migration.StatusCompleted {
+		t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := fmt.Sprint([]any{abi.MigrationSetup, abi.MigrationSetup, abi.MigrationDone})
+	if fmt.Sprint(seen) != want {
+		t.Fatalf("notifications %v, want %v", seen, want)
+	}
+}
+
+func TestLiveMigrationFailures(t *testing.T) {
+	t.Run("connection refused", func(t *testing.T) {
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+		src.M.Start(false)
+		waitPasses(t, src, 1)
+		g, log := liveMigrator(t, src)
+		if err := g.Start(migration.Channel{Type: "main", Transport: "unix", Path: filepath.Join(t.TempDir(), "nobody")}); err != nil {
+			t.Fatal(err)
+		}
+		info := waitStatus(t, g)
+		if info.Status != migration.StatusFailed || !strings.Contains(info.ErrorDesc, "connect") || !log.has("MIGRATION:failed") {
+			t.Fatalf("%+v %v", info, log.evs)
+		}
+		checkSourceBack(t, src, machine.StateRunning, "")
+	})
+	t.Run("incompatible destination", func(t *testing.T) {
+		img := scratchImage(t, 16<<20)
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+		src.M.Start(false)
+		waitPasses(t, src, 1)
+		g, log := liveMigrator(t, src)
+		// 256 MiB of RAM and a disk the source does not have.
+		dst := newLiveDest(t, harness.MachineOptions{Memory: 256 << 20, Backends: map[string]map[string]string{"blk0": {"disk": img}}}, true)
+		info := migrateTo(t, g, dst)
+		t.Logf("refused: %s", info.ErrorDesc)
+		for _, want := range []string{"the destination refused", `RAM block "ram-low" has 128 MiB on the source, 256 MiB here`, `section "virtio-blk" instance 0 here has no counterpart on the source`} {
+			if !strings.Contains(info.ErrorDesc, want) {
+				t.Fatalf("error-desc %q lacks %q", info.ErrorDesc, want)
+			}
+		}
+		if info.Status != migration.StatusFailed || !log.has("MIGRATION:failed") {
+			t.Fatalf("status %s", info.Status)
+		}
+		if info.RAM.Normal != 0 || info.RAM.Transferred != 0 {
+			t.Fatalf("RAM moved before the refusal: %+v", *info.RAM)
+		}
+		if err := dst.wait(t); err == nil {
+			t.Fatal("destination accepted")
+		}
+		if st, _ := dst.ip.M.State(); st != machine.StateInMigrate {
+			t.Fatalf("destination %s", st)
+		}
+		checkSourceBack(t, src, machine.StateRunning, "")
 	})
 }
