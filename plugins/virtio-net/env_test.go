@@ -118,8 +118,8 @@ func (r ram) Write(gpa uint64, p []byte) error {
 // Guest memory layout of the tests.
 const (
 	ramSize   = 64 << 20
-	rxRing    = 0x10000
-	txRing    = 0x20000
+	rxRingAddr    = 0x10000
+	txRingAddr    = 0x20000
 	tableAddr = 0x40000 // indirect tables
 	txData    = 0x100000
 	rxData    = 0x1000000
@@ -223,12 +223,12 @@ func (e *env) up(want uint64) {
 	if err := e.drv.Init(want); err != nil {
 		e.t.Fatal(err)
 	}
-	l, _ := virtiotest.LayoutAt(rxRing, queueSize)
+	l, _ := virtiotest.LayoutAt(rxRingAddr, queueSize)
 	rx, err := e.drv.SetupQueue(rxQ, queueSize, l)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	l, _ = virtiotest.LayoutAt(txRing, queueSize)
+	l, _ = virtiotest.LayoutAt(txRingAddr, queueSize)
 	tx, err := e.drv.SetupQueue(txQ, queueSize, l)
 	if err != nil {
 		e.t.Fatal(err)

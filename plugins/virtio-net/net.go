@@ -147,6 +147,7 @@ type device struct {
 	// back to the ring and the device waits for the backend to be writable.
 	txBlocked bool
 	rx        rxPool
+	txr       txRing
 	hdr       [hdrLen]byte
 	sg        []sdk.SGEntry
 }
@@ -159,6 +160,7 @@ type netHandler struct{ d *device }
 func init() {
 	d := &device{sg: make([]sdk.SGEntry, 0, 4)}
 	d.rx.init()
+	d.txr.init()
 	sdk.Register("virtio-net", "1.0.0", d)
 }
 
