@@ -117,12 +117,12 @@ func (r ram) Write(gpa uint64, p []byte) error {
 
 // Guest memory layout of the tests.
 const (
-	ramSize   = 64 << 20
-	rxRingAddr    = 0x10000
-	txRingAddr    = 0x20000
-	tableAddr = 0x40000 // indirect tables
-	txData    = 0x100000
-	rxData    = 0x1000000
+	ramSize    = 64 << 20
+	rxRingAddr = 0x10000
+	txRingAddr = 0x20000
+	tableAddr  = 0x40000 // indirect tables
+	txData     = 0x100000
+	rxData     = 0x1000000
 )
 
 type logBuf struct {
