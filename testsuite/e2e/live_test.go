@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -847,4 +848,127 @@ func TestLiveMigrationFailures(t *testing.T) {
 		}
 		checkSourceBack(t, src, machine.StateRunning, "")
 	})
+}
+
+// netnsPair creates a network namespace joined to this one by a veth pair:
+// hostIP here, nsIP inside. It is removed when the test ends.
+func netnsPair(t *testing.T) (ns, hostIf, hostIP, nsIP string) {
+	t.Helper()
+	_, err := exec.LookPath("ip")
+	harness.Require(t, err == nil && os.Geteuid() == 0, "needs root and iproute2's ip for network namespaces")
+	pid := os.Getpid()
+	ns = fmt.Sprintf("wasmvmm-mig-%d", pid)
+	hostIf, nsIf := fmt.Sprintf("wvm%dh", pid%1000000), fmt.Sprintf("wvm%dg", pid%1000000)
+	net3 := fmt.Sprintf("10.77.%d", pid%250)
+	hostIP, nsIP = net3+".1", net3+".2"
+	ipCmd := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	t.Cleanup(func() {
+		ipCmd("netns", "del", ns)
+		ipCmd("link", "del", hostIf)
+	})
+	for _, c := range [][]string{
+		{"netns", "add", ns},
+		{"link", "add", hostIf, "type", "veth", "peer", "name", nsIf},
+		{"link", "set", nsIf, "netns", ns},
+		{"addr", "add", hostIP + "/24", "dev", hostIf},
+		{"link", "set", hostIf, "up"},
+		{"netns", "exec", ns, "ip", "addr", "add", nsIP + "/24", "dev", nsIf},
+		{"netns", "exec", ns, "ip", "link", "set", nsIf, "up"},
+		{"netns", "exec", ns, "ip", "link", "set", "lo", "up"},
+	} {
+		if err := ipCmd(c...); err != nil {
+			harness.Require(t, false, err.Error())
+		}
+	}
+	return ns, hostIf, hostIP, nsIP
+}
+
+// inNetns returns a Build whose binary runs inside ns.
+func inNetns(t *testing.T, b harness.Build, ns string) harness.Build {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), "wasmvmm-in-"+ns)
+	body := fmt.Sprintf("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n", ns, b.Binary)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b.Binary = script
+	return b
+}
+
+// TestLiveMigrationOverTCPAcrossNamespaces migrates a running guest with a
+// disk into another network namespace over TCP, then back out while the
+// link goes down mid-stream: the sender fails, keeps its disk and its
+// guest running; the receiver never runs the guest.
+func TestLiveMigrationOverTCPAcrossNamespaces(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	ns, hostIf, hostIP, nsIP := netnsPair(t)
+	bns := inNetns(t, b, ns)
+	dir := t.TempDir()
+	img := scratchImage(t, 16<<20)
+	cfg := writeConfig(t, dir, b.Guest, dirtier+" dirty_rate_mb=64", diskExtra(img))
+	srcSock, nsSock, backSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "ns.sock"), filepath.Join(dir, "back.sock")
+
+	src := harness.Start(t, b, dir, "run", cfg, "--qmp", srcSock)
+	src.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
+	inNS := harness.Start(t, bns, dir, "run", cfg, "--incoming", "tcp:"+nsIP+":4444", "--qmp", nsSock)
+	nmon := qmpClient(t, nsSock)
+	code, out := harness.Run(t, b, "migrate", "-q", "--qmp", srcSock, "tcp:"+nsIP+":4444")
+	if code != 0 {
+		t.Fatalf("migrate into %s: exit %d\n%s", ns, code, out)
+	}
+	t.Logf("into the namespace:\n%s", out)
+	before := passes(src.SerialText())
+	inNS.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", before+1), 20*time.Second)
+	if s := status(t, nmon); s != "running" {
+		t.Fatalf("guest in the namespace: %s", s)
+	}
+	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(inNS.Cmd.Process.Pid)) {
+		t.Fatalf("the disk is not the namespace's VMM's: %s", holder)
+	}
+
+	// Back out, slowly, and cut the link mid-stream.
+	back := harness.Start(t, b, dir, "run", cfg, "--incoming", "tcp:"+hostIP+":4445", "--qmp", backSock)
+	bmon := qmpClient(t, backSock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := drainEvents(t, ctx, nmon)
+	for _, c := range []string{
+		`{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}`,
+		`{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":2097152,"x-io-timeout":1500}}`,
+		`{"execute":"migrate","arguments":{"channels":[{"channel-type":"main","addr":{"transport":"socket","type":"inet","host":"` + hostIP + `","port":"4445"}}]}}`,
+	} {
+		if out, err := nmon.Run([]byte(c)); err != nil {
+			t.Fatalf("%s: %v %s", c, err, out)
+		}
+	}
+	waitMigrationStatus(t, nmon, "active")
+	time.Sleep(500 * time.Millisecond)
+	cut := time.Now()
+	if out, err := exec.Command("ip", "link", "set", "dev", hostIf, "down").CombinedOutput(); err != nil {
+		t.Fatalf("link down: %v %s", err, out)
+	}
+	ret := waitMigrationStatus(t, nmon, "failed")
+	expectMigrationEvent(t, events, "failed")
+	t.Logf("failed %v after the cut: %v", time.Since(cut).Round(time.Millisecond), ret["error-desc"])
+	if s := status(t, nmon); s != "running" {
+		t.Fatalf("sender after the cut: %s", s)
+	}
+	n := passes(inNS.SerialText())
+	inNS.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", n+1), 20*time.Second)
+	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(inNS.Cmd.Process.Pid)) {
+		t.Fatalf("the sender lost its disk: %s", holder)
+	}
+	if s := status(t, bmon); s != "inmigrate" {
+		t.Fatalf("receiver of the cut migration: %s", s)
+	}
+	if passes(back.SerialText()) != 0 {
+		t.Fatal("the receiver ran the guest")
+	}
 }
