@@ -280,6 +280,21 @@ func (e *env) transmit(frames [][]byte, cuts ...int) []virtiotest.Used {
 	return used
 }
 
+// transmitRaw sends one chain holding pkt (header included) as is.
+func (e *env) transmitRaw(pkt []byte) {
+	e.t.Helper()
+	e.guest.Write(txData, pkt)
+	head, err := e.tx.Add([]virtiotest.Buf{{Addr: txData, Len: uint32(len(pkt))}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.tx.Publish(head)
+	e.tx.Notify()
+	if used, err := e.tx.TakeUsed(); err != nil || len(used) != 1 {
+		e.t.Fatalf("used %+v %v\n%s", used, err, e.logs)
+	}
+}
+
 // rxBuf is one posted receive chain.
 type rxBuf struct {
 	head uint16

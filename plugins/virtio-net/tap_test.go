@@ -3,10 +3,14 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"wasmvmm/host/netdev"
 	"wasmvmm/host/netdev/netnstest"
@@ -80,6 +84,114 @@ func TestTapInNamespace(t *testing.T) {
 			if sent, recv := tap.Stats(); sent != 1 || recv == 0 {
 				t.Errorf("tap stats: %d sent, %d received", sent, recv)
 			}
+			if c.props != nil {
+				udpSegmentation(t, e, ns, mac, guestIP, hostIP, tapMAC(t, out))
+			}
 		})
 	}
+}
+
+func tapMAC(t *testing.T, linkShow string) net.HardwareAddr {
+	t.Helper()
+	i := strings.Index(linkShow, "link/ether ")
+	if i < 0 {
+		t.Fatalf("no MAC in %q", linkShow)
+	}
+	mac, err := net.ParseMAC(strings.Fields(linkShow[i+len("link/ether "):])[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mac
+}
+
+// udpSegmentation sends one 3000-byte UDP datagram with HOST_USO (gso
+// type UDP_L4, segments of 1000 bytes) and a partial checksum
+// (NEEDS_CSUM) through the vnet-header tap; a UDP socket in the namespace
+// must receive three 1000-byte datagrams: the kernel did the segmentation
+// the header asked for.
+func udpSegmentation(t *testing.T, e *env, ns *netnstest.NS, mac net.HardwareAddr, src, dst net.IP, dstMAC net.HardwareAddr) {
+	t.Helper()
+	if e.drv.Features&feat(fHostUSO, fCsum) != feat(fHostUSO, fCsum) {
+		t.Fatalf("HOST_USO and CSUM not negotiated: %#x", e.drv.Features)
+	}
+	var sock int
+	if err := ns.Do(func() error {
+		var err error
+		sock, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		sa := &unix.SockaddrInet4{Port: 9999}
+		copy(sa.Addr[:], dst.To4())
+		return unix.Bind(sock, sa)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sock)
+	const payload, segment = 3000, 1000
+	be := binary.BigEndian
+	f := make([]byte, 14+20+8+payload)
+	copy(f[0:6], dstMAC)
+	copy(f[6:12], mac)
+	be.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0] = 0x45
+	be.PutUint16(ip[2:], 20+8+payload)
+	be.PutUint16(ip[4:], 0x1234)
+	ip[8], ip[9] = 64, unix.IPPROTO_UDP
+	copy(ip[12:16], src.To4())
+	copy(ip[16:20], dst.To4())
+	be.PutUint16(ip[10:], ^fold(sum16(ip, 0)))
+	udp := f[34:]
+	be.PutUint16(udp[0:], 5555)
+	be.PutUint16(udp[2:], 9999)
+	be.PutUint16(udp[4:], 8+payload)
+	for i := range payload {
+		udp[8+i] = byte(i / segment * 50)
+	}
+	// Partial checksum: the pseudo-header sum, the rest left to the host.
+	pseudo := sum16(ip[12:20], uint32(unix.IPPROTO_UDP)+8+payload)
+	be.PutUint16(udp[6:], fold(pseudo))
+	var hdr [hdrLen]byte
+	hdr[0] = hdrFNeedsCsum
+	hdr[1] = gsoUDPL4
+	binary.LittleEndian.PutUint16(hdr[2:], 14+20+8) // hdr_len
+	binary.LittleEndian.PutUint16(hdr[4:], segment) // gso_size
+	binary.LittleEndian.PutUint16(hdr[6:], 14+20)   // csum_start
+	binary.LittleEndian.PutUint16(hdr[8:], 6)       // csum_offset
+	e.transmitRaw(append(hdr[:], f...))
+	buf := make([]byte, 4000)
+	deadline := time.Now().Add(5 * time.Second)
+	for got := 0; got < payload/segment; {
+		n, _, err := unix.Recvfrom(sock, buf, 0)
+		if err == unix.EAGAIN {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d segments arrived", got, payload/segment)
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != segment || !bytes.Equal(buf[:n], bytes.Repeat([]byte{byte(got * 50)}, segment)) {
+			t.Fatalf("segment %d: %d bytes % x...", got, n, buf[:8])
+		}
+		got++
+	}
+}
+
+// sum16 adds b as big-endian 16-bit words to s.
+func sum16(b []byte, s uint32) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	return s
+}
+
+func fold(s uint32) uint16 {
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
 }
