@@ -8,6 +8,7 @@ import (
 	"wasmvmm/abi"
 	"wasmvmm/host/backend"
 	"wasmvmm/host/blockdev"
+	"wasmvmm/host/netdev"
 	"wasmvmm/host/plugin"
 )
 
@@ -39,6 +40,7 @@ type BackendOptions struct {
 //
 //	char:  null, file:PATH (output appended), unix:PATH (a listening socket)
 //	block: file:PATH[,readonly] or a plain PATH (a raw image, locked while owned)
+//	net:   tap:IFNAME, unix-listen:PATH, unix-connect:PATH, discard
 //
 // The CLI handles "stdio" itself (it owns the terminal).
 func OpenBackend(device, name, spec string, kind abi.BackendKind, opt BackendOptions) (plugin.Backend, error) {
@@ -68,6 +70,12 @@ func OpenBackend(device, name, spec string, kind abi.BackendKind, opt BackendOpt
 			return nil, fmt.Errorf("device %s backend %q: %w", device, name, err)
 		}
 		return img, nil
+	case abi.BackendNet:
+		nb, err := netdev.Open(spec)
+		if err != nil {
+			return nil, fmt.Errorf("device %s backend %q: %w", device, name, err)
+		}
+		return nb, nil
 	}
 	return nil, fmt.Errorf("device %s backend %q = %q: backends of kind %d are not configurable yet", device, name, spec, kind)
 }

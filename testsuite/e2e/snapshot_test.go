@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -204,9 +205,18 @@ func TestBadSnapshotsAreRefused(t *testing.T) {
 		"wrong magic":      append([]byte("QEVX"), good[4:]...),
 		"empty":            nil,
 	}
+	// QEMU's format has no checksums: a flipped byte inside a field's data
+	// loads (as it would in QEMU); flipped structure is refused.
+	i := bytes.Index(good, []byte("\x06serial"))
+	if i < 0 {
+		t.Fatal("no serial section header in the stream")
+	}
 	flipped := append([]byte(nil), good...)
-	flipped[len(flipped)-3000] ^= 0xff
-	cases["flipped byte in the device state"] = flipped
+	flipped[i+2] ^= 0x20 // "sErial": a section this machine lacks
+	cases["flipped byte in a section name"] = flipped
+	desc := append([]byte(nil), good...)
+	desc[len(desc)-1] ^= 0xff // the closing brace of the JSON
+	cases["flipped byte in the vmdesc"] = desc
 	for name, b := range cases {
 		t.Run(name, func(t *testing.T) {
 			p := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
