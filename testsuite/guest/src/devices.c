@@ -132,6 +132,9 @@ static void boot_net(void)
 	ln_str(&out, "GUEST INFO net max_num_buffers=");
 	ln_dec(&out, net_max_buffers());
 	ln_end(&out);
+	ln_str(&out, "GUEST INFO net retransmits=");
+	ln_dec(&out, net_retransmits());
+	ln_end(&out);
 }
 
 static void say_info(const char *s)

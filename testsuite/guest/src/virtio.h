@@ -157,6 +157,7 @@ int net_init(struct vdev *d, const struct net_opts *o);
 int net_echo(struct vdev *d, const struct net_opts *o, u64 frames);
 const u8 *net_mac(void);
 u32 net_max_buffers(void); /* most rx buffers one frame used so far */
+u64 net_retransmits(void);  /* frames sent again because no echo came in time */
 
 int gpu_init(struct vdev *d);
 int gpu_draw(struct vdev *d, u32 *w, u32 *h); /* display info .. flush */

@@ -36,7 +36,10 @@ static struct {
 	int mrg;
 	u32 rxsize;   /* bytes per posted rx buffer */
 	u32 max_nbuf; /* most buffers one received frame used */
+	u64 retransmits;
 } net;
+
+u64 net_retransmits(void) { return net.retransmits; }
 
 u32 net_max_buffers(void) { return net.max_nbuf; }
 
@@ -178,32 +181,44 @@ static int is_echo(const u8 *sent, u32 size, const u8 *f, i64 n)
 	return 1;
 }
 
+/* Send frame seq and wait for its echo. A frame (or its echo) may be lost
+ * (e.g. in flight while the VM migrates), so the same frame is sent again
+ * every timeout/8 until the echo arrives or the timeout expires. */
 int net_echo(struct vdev *d, const struct net_opts *o, u64 frames)
 {
 	u64 size = o->size;
 	if (size < 60 || size > FRAME_MAX)
 		return vdev_fail(d, "net_size must be 60..1514: net_size", size);
+	u64 resend = denv.timeout / 8;
 	for (u64 f = 0; f < frames; f++) {
 		u64 seq = ++net.seq;
 		u8 *frame = net.txbuf + NET_HDR;
 		memset(net.txbuf, 0, NET_HDR); /* no offloads, GSO_NONE, num_buffers 0 */
 		build_frame(frame, size, seq);
 		struct vbuf b = { net.txbuf, (u32)(NET_HDR + size), 0 };
-		if (vq_exec(d, &net.tx, &b, 1, NULL))
-			return -1;
-		u64 deadline = rdtsc() + denv.timeout;
-		for (;;) {
-			i64 n = rx_frame(d);
-			if (n == -1)
+		u64 now = rdtsc(), deadline = now + denv.timeout, next_send = now;
+		for (int sent = 0;; sent++) {
+			if (sent)
+				net.retransmits++;
+			if (vq_exec(d, &net.tx, &b, 1, NULL))
 				return -1;
+			next_send += resend;
+			i64 n;
+			while ((n = rx_frame(d)) == 0 || n == -2 || !is_echo(frame, (u32)size, net.frame, n)) {
+				if (n == -1)
+					return -1;
+				now = rdtsc();
+				if (now > deadline) {
+					vdev_check(d);
+					return vdev_fail(d, "no echo of seq", seq);
+				}
+				if (now > next_send)
+					break; /* send it again */
+				if (n == 0)
+					cpu_relax();
+			}
 			if (n > 0 && is_echo(frame, (u32)size, net.frame, n))
 				break;
-			if (rdtsc() > deadline) {
-				vdev_check(d);
-				return vdev_fail(d, "no echo of seq", seq);
-			}
-			if (n == 0)
-				cpu_relax();
 		}
 	}
 	return 0;
