@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/tetratelabs/wazero"
+
+	"wasmvmm/host/plugin/meter"
 )
 
 // mmioDevice is the interface the machine calls for MMIO; both a native Go
@@ -127,21 +130,41 @@ func BenchmarkMMIOWrite(b *testing.B) {
 	}
 }
 
+// interleaved times a and b in alternating chunks of n calls each per
+// benchmark op, so that a shared host's changing load hits both alike, and
+// returns the mean ns per call of each.
+func interleaved(b *testing.B, n int, fa, fb func()) (nsA, nsB float64) {
+	var ta, tb time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		for range n {
+			fa()
+		}
+		t1 := time.Now()
+		for range n {
+			fb()
+		}
+		ta += t1.Sub(t0)
+		tb += time.Since(t1)
+	}
+	calls := float64(b.N) * float64(n)
+	return float64(ta.Nanoseconds()) / calls, float64(tb.Nanoseconds()) / calls
+}
+
 // BenchmarkStopOverhead reports what each way of being able to stop a
-// plugin adds to one MMIO read over unmetered code.
+// plugin adds to one MMIO read over unmetered code, measured interleaved
+// with the unmetered instance (one op: 1000 calls of each).
 func BenchmarkStopOverhead(b *testing.B) {
 	base := benchInstance(b, modes[1].cfg)
-	baseNs := nsPerOp(500_000, func() { sink += base.MMIORead(1, 8, 4) })
 	for _, m := range []int{0, 2} {
 		b.Run(modes[m].name, func(b *testing.B) {
 			inst := benchInstance(b, modes[m].cfg)
-			b.ResetTimer()
-			for b.Loop() {
-				sink += inst.MMIORead(1, 8, 4)
-			}
-			perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-			b.ReportMetric(perOp-baseNs, "overhead-ns/call")
-			b.ReportMetric(perOp/baseNs, "x-nometer")
+			ns, baseNs := interleaved(b, 1000,
+				func() { sink += inst.MMIORead(1, 8, 4) },
+				func() { sink += base.MMIORead(1, 8, 4) })
+			b.ReportMetric(ns, "ns/call")
+			b.ReportMetric(baseNs, "nometer-ns/call")
+			b.ReportMetric(ns-baseNs, "overhead-ns/call")
 		})
 	}
 }
@@ -155,29 +178,30 @@ func BenchmarkFuelSet(b *testing.B) {
 	}
 }
 
-// BenchmarkFuelLoop runs loops inside the plugin (1e6 iterations per call)
-// with and without the meter: "loop" is a tight loop (one memory
-// increment per iteration), "call" calls a small Go function per
-// iteration. The difference of ns/iteration is the fuel check's cost.
+// BenchmarkFuelLoop runs loops inside the plugin (100,000 iterations per
+// call) with and without the meter, interleaved: "loop" is a loop over a
+// Go array (one memory increment per iteration), "call" calls a small Go
+// function per iteration. The difference of ns/iteration is the fuel
+// check's cost.
 func BenchmarkFuelLoop(b *testing.B) {
-	const iters = 1_000_000
+	const iters = 100_000
 	for _, kind := range []struct {
 		name string
 		reg  uint64
 	}{{"loop", 0x610}, {"call", 0x618}} {
-		for _, m := range modes[:2] {
-			b.Run(kind.name+"/"+m.name, func(b *testing.B) {
-				inst := benchInstance(b, m.cfg)
-				b.ResetTimer()
-				for b.Loop() {
-					inst.MMIOWrite(1, kind.reg, 8, iters)
-				}
-				if err := inst.Err(); err != nil {
-					b.Fatal(err)
-				}
-				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/iters, "ns/iteration")
-			})
-		}
+		b.Run(kind.name, func(b *testing.B) {
+			metered := benchInstance(b, modes[0].cfg)
+			plain := benchInstance(b, modes[1].cfg)
+			ns, plainNs := interleaved(b, 1,
+				func() { metered.MMIOWrite(1, kind.reg, 8, iters) },
+				func() { plain.MMIOWrite(1, kind.reg, 8, iters) })
+			if err := errors.Join(metered.Err(), plain.Err()); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(ns/iters, "fuel-ns/iteration")
+			b.ReportMetric(plainNs/iters, "nometer-ns/iteration")
+			b.ReportMetric((ns-plainNs)/iters, "check-ns/iteration")
+		})
 	}
 }
 
@@ -203,50 +227,77 @@ func BenchmarkHostCall(b *testing.B) {
 	}
 }
 
-// BenchmarkLoad measures load + instantiate + realize of the echo plugin:
-// cold (no compilation cache) and warm (a fresh Runtime whose cache
-// directory holds the compiled code), each with a fresh Runtime per op.
-// The ratio is warm against cold, measured in the same run.
+// BenchmarkLoad measures load + instantiate + realize of a plugin: cold
+// (no caches) and warm (a fresh Runtime whose cache directory holds the
+// instrumented module and the compiled code), each with a fresh Runtime
+// per op, for the echo test plugin and, when present, the real plugins
+// under bin/plugins (go run ./host/cmd/wasmvmm build-plugins). The warm
+// runs also report their phases: NewRuntime + Load (wazero's
+// CompileModule, on a cache hit: decode, validate, read the compiled code)
+// and Instantiate + Realize; "nometer" is the warm path without the meter
+// (no instrumented copy to read).
 func BenchmarkLoad(b *testing.B) {
-	load := func(b *testing.B, cfg Config) {
+	type phases struct{ load, inst time.Duration }
+	load := func(b *testing.B, path string, cfg Config, ph *phases) {
+		start := time.Now()
 		rt, err := NewRuntime(context.Background(), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer rt.Close(context.Background())
-		m, err := rt.Load(context.Background(), pluginPath("echo"))
+		m, err := rt.Load(context.Background(), path)
 		if err != nil {
 			b.Fatal(err)
 		}
+		loaded := time.Now()
 		inst, err := m.Instantiate(context.Background(), InstanceConfig{Name: "e", Host: newTestHost(b, 1<<16)})
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := inst.Realize(); err != nil {
-			b.Fatal(err)
+		// Realize may fail for a real plugin without its backends; the
+		// figure is still the time to get there.
+		_ = inst.Realize()
+		ph.load += loaded.Sub(start)
+		ph.inst += time.Since(loaded)
+	}
+	plugins := []string{pluginPath("echo")}
+	real, _ := filepath.Glob("../../bin/plugins/*.wasm")
+	plugins = append(plugins, real...)
+	for _, path := range plugins {
+		name := strings.TrimSuffix(filepath.Base(path), ".wasm")
+		var coldMs float64
+		b.Run(name+"/cold", func(b *testing.B) {
+			var ph phases
+			for b.Loop() {
+				load(b, path, Config{NoCache: true}, &ph)
+			}
+			coldMs = float64(b.Elapsed().Milliseconds()) / float64(b.N)
+			b.ReportMetric(coldMs, "ms/load")
+		})
+		for _, mode := range []struct {
+			name string
+			cfg  Config
+		}{{"warm", Config{}}, {"warm-nometer", Config{NoDeadline: true}}} {
+			b.Run(name+"/"+mode.name, func(b *testing.B) {
+				cfg := mode.cfg
+				cfg.CacheDir = b.TempDir()
+				var ph phases
+				load(b, path, cfg, &ph) // fill the caches
+				ph = phases{}
+				b.ResetTimer()
+				for b.Loop() {
+					load(b, path, cfg, &ph)
+				}
+				warm := float64(b.Elapsed().Microseconds()) / 1000 / float64(b.N)
+				b.ReportMetric(warm, "ms/load")
+				b.ReportMetric(float64(ph.load.Microseconds())/1000/float64(b.N), "ms-compile")
+				b.ReportMetric(float64(ph.inst.Microseconds())/1000/float64(b.N), "ms-instantiate")
+				if coldMs > 0 {
+					b.ReportMetric(warm/coldMs, "x-cold")
+				}
+			})
 		}
 	}
-	var coldMs float64
-	b.Run("cold", func(b *testing.B) {
-		for b.Loop() {
-			load(b, Config{NoCache: true})
-		}
-		coldMs = float64(b.Elapsed().Milliseconds()) / float64(b.N)
-		b.ReportMetric(coldMs, "ms/load")
-	})
-	b.Run("warm", func(b *testing.B) {
-		dir := b.TempDir()
-		load(b, Config{CacheDir: dir}) // fill the cache
-		b.ResetTimer()
-		for b.Loop() {
-			load(b, Config{CacheDir: dir})
-		}
-		warm := float64(b.Elapsed().Microseconds()) / 1000 / float64(b.N)
-		b.ReportMetric(warm, "ms/load")
-		if coldMs > 0 {
-			b.ReportMetric(warm/coldMs, "x-cold")
-		}
-	})
 }
 
 // rssBytes reads the resident set size from /proc/self/smaps_rollup.
@@ -343,9 +394,19 @@ func TestCacheDirIsUsed(t *testing.T) {
 	}
 	cold := timeLoad()
 	warm := timeLoad()
-	entries, _ := filepath.Glob(filepath.Join(dir, "*", "*"))
+	entries, _ := filepath.Glob(filepath.Join(dir, "wazero-*", "*"))
 	if len(entries) == 0 {
 		t.Errorf("no compiled code stored under %s", dir)
+	}
+	hash, err := hashFile(pluginPath("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(dir, fmt.Sprintf("meter-v%d", meter.Version), hash+".wasm"))
+	if err != nil {
+		t.Errorf("no instrumented module cached: %v", err)
+	} else if st.Mode().Perm() != 0o600 {
+		t.Errorf("instrumented module cached with mode %v, want 0600", st.Mode().Perm())
 	}
 	if warm*3 > cold {
 		t.Errorf("warm load %v not much faster than cold %v", warm, cold)
@@ -421,4 +482,31 @@ func BenchmarkFuelBurn(b *testing.B) {
 	nsPerFuel := float64(total.Nanoseconds()) / float64(b.N) / budget
 	b.ReportMetric(nsPerFuel, "ns/fuel")
 	b.ReportMetric(nsPerFuel*float64(DefaultCallDeadline.Seconds()*LoopIterationsPerSecond)/1e9, "s/default-budget")
+}
+
+// TestStaleMeterCache: a cached "instrumented" module without the fuel
+// global (here: the plugin itself) is refused at instantiation with a
+// message that points at the cache, never run unmetered.
+func TestStaleMeterCache(t *testing.T) {
+	dir := t.TempDir()
+	wasm, err := os.ReadFile(pluginPath("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := hashFile(pluginPath("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, fmt.Sprintf("meter-v%d", meter.Version), hash+".wasm"), wasm); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := newTestRuntime(t, Config{CacheDir: dir})
+	m, err := rt.Load(context.Background(), pluginPath("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Instantiate(context.Background(), InstanceConfig{Name: "e", Host: newTestHost(t, 1<<16)})
+	if err == nil || !strings.Contains(err.Error(), "lacks its fuel global wasmvmm_fuel (stale cache?)") {
+		t.Fatalf("instantiate from a stale cache: %v", err)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -56,13 +57,13 @@ func (m *Module) ABIVersion() (major, minor int) { return m.major, m.minor }
 // content return the same *Module. A module that fails the checks is closed
 // and an error names what is wrong.
 func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
-	wasm, err := os.ReadFile(path)
+	name := strings.TrimSuffix(filepath.Base(path), ".wasm")
+	// The file is hashed as it is read, without keeping it: on the warm
+	// path the instrumented copy from the cache is all wazero needs.
+	hash, err := hashFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load plugin: %w", err)
 	}
-	name := strings.TrimSuffix(filepath.Base(path), ".wasm")
-	sum := sha256.Sum256(wasm)
-	hash := hex.EncodeToString(sum[:])
 	key := path + "\x00" + hash
 
 	r.mu.Lock()
@@ -76,11 +77,9 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 	}
 	r.mu.Unlock()
 
-	code := wasm
-	if !r.cfg.NoDeadline {
-		if code, err = r.instrumented(wasm, hash); err != nil {
-			return nil, fmt.Errorf("plugin %s: %w", name, err)
-		}
+	code, err := r.moduleCode(path, hash)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}
 	compiled, err := r.rt.CompileModule(ctx, code)
 	if err != nil {
@@ -102,18 +101,44 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 	return m, nil
 }
 
-// instrumented returns wasm with fuel metering, from the cache of
-// instrumented modules when it has them (the file named by the SHA-256 of
-// the original, in a directory versioned by meter.Version), else
-// instrumented now and stored there (written to a temporary file and
-// renamed, mode 0600). A cache that cannot be written only costs time.
-func (r *Runtime) instrumented(wasm []byte, hash string) ([]byte, error) {
+// hashFile returns the hex SHA-256 of a file's contents.
+func hashFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// moduleCode returns the bytes to compile for the plugin at path whose
+// contents hash to hash: instrumented with fuel metering, from the cache
+// of instrumented modules when it has them (the file named by the hash, in
+// a directory versioned by meter.Version), else read, instrumented and
+// stored there (written to a temporary file and renamed, mode 0600; a
+// cache that cannot be written only costs time). Unmetered runtimes get
+// the file as it is.
+func (r *Runtime) moduleCode(path, hash string) ([]byte, error) {
 	var file string
-	if r.meterDir != "" {
+	if r.meterDir != "" && !r.cfg.NoDeadline {
 		file = filepath.Join(r.meterDir, hash+".wasm")
 		if b, err := os.ReadFile(file); err == nil {
 			return b, nil
 		}
+	}
+	wasm, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if sum := sha256.Sum256(wasm); hex.EncodeToString(sum[:]) != hash {
+		return nil, fmt.Errorf("%s changed while being loaded", path)
+	}
+	if r.cfg.NoDeadline {
+		return wasm, nil
 	}
 	out, err := meter.Instrument(wasm)
 	if err != nil {
