@@ -36,6 +36,7 @@ func New(srv *qmp.Server, m *machine.Machine, name string) (*Monitor, error) {
 		"system_reset":  qmp.NoArgs(mon.reset),
 		"system_wakeup": qmp.NoArgs(mon.wakeup),
 		"quit":          qmp.NoArgs(mon.quit),
+		"screendump":    qmp.Typed(mon.screendump),
 	}
 	for name, h := range cmds {
 		if err := srv.Register(name, h); err != nil {
