@@ -1,6 +1,12 @@
 package e2e
 
 import (
+	"bytes"
+	"image"
+	"image/png"
+	"regexp"
+	"strconv"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +15,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"wasmvmm/host/display"
 
 	"github.com/digitalocean/go-qemu/qmp"
 
@@ -270,4 +277,69 @@ func TestSnapshotThroughQMPAndIncomingProcess(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "truncated") || !strings.Contains(out, "offset") {
 		t.Fatalf("corrupt snapshot: exit %d: %s", code, out)
 	}
+}
+
+func TestScreendumpShowsTheGuestsTestCard(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qmp.sock")
+	vm := harness.Start(t, b, dir, "run", writeConfig(t, dir, b.Guest, "workload=idle gpu_test=1", ""), "--qmp", sock)
+	vm.WaitSerial(t, "GPU OK", 30*time.Second)
+	m := regexp.MustCompile(`GPU OK (\d+)x(\d+)`).FindStringSubmatch(vm.SerialText())
+	w, _ := strconv.Atoi(m[1])
+	h, _ := strconv.Atoi(m[2])
+	mon := qmpClient(t, sock)
+	for _, format := range []string{"png", "ppm"} {
+		out := filepath.Join(dir, "screen."+format)
+		if _, err := mon.Run([]byte(`{"execute":"screendump","arguments":{"filename":"` + out + `","format":"` + format + `"}}`)); err != nil {
+			t.Fatal(err)
+		}
+		img := readScreendump(t, out, format)
+		want := display.TestCard(w, h)
+		if img.Bounds() != want.Bounds() {
+			t.Fatalf("%s: screendump is %v, the guest drew %dx%d", format, img.Bounds(), w, h)
+		}
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				r, g, bl, _ := img.At(x, y).RGBA()
+				wr, wg, wb, _ := want.At(x, y).RGBA()
+				if r != wr || g != wg || bl != wb {
+					t.Fatalf("%s: pixel (%d,%d) = %d,%d,%d; the test card has %d,%d,%d", format, x, y, r>>8, g>>8, bl>>8, wr>>8, wg>>8, wb>>8)
+				}
+			}
+		}
+	}
+	// A device that is not a display is refused with QEMU's error class.
+	if _, err := mon.Run([]byte(`{"execute":"screendump","arguments":{"filename":"` + filepath.Join(dir, "x") + `","device":"nosuch"}}`)); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("screendump of a missing device: %v", err)
+	}
+}
+
+// readScreendump decodes a PNG or a binary PPM.
+func readScreendump(t *testing.T, path, format string) image.Image {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if format == "png" {
+		img, err := png.Decode(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	var w, h, max int
+	n, err := fmt.Sscanf(string(data), "P6\n%d %d\n%d\n", &w, &h, &max)
+	if err != nil || n != 3 || max != 255 {
+		t.Fatalf("PPM header: %v", err)
+	}
+	pix := data[len(data)-w*h*3:]
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for i := 0; i < w*h; i++ {
+		copy(img.Pix[i*4:], pix[i*3:i*3+3])
+		img.Pix[i*4+3] = 255
+	}
+	return img
 }
