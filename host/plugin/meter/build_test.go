@@ -24,6 +24,7 @@ type testModule struct {
 	memory  bool     // one memory of 1 page
 	globals [][]byte // encoded global entries (type, mut, init expr)
 	exports []testExport
+	start   *uint32 // start function
 	data    [][]byte // passive data segments
 	bodies  [][]byte // instructions of each function, final end included
 	locals  [][]byte // encoded locals vector of each function (nil: none)
@@ -82,6 +83,9 @@ func (m *testModule) bytes() []byte {
 			es = append(es, append(append(name(e.name), e.kind), appendU32(nil, e.index)...))
 		}
 		out = appendSection(out, secExport, vec(es...))
+	}
+	if m.start != nil {
+		out = appendSection(out, secStart, appendU32(nil, *m.start))
 	}
 	if len(m.data) > 0 {
 		out = appendSection(out, secDataCount, appendU32(nil, uint32(len(m.data))))

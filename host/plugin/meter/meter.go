@@ -26,7 +26,9 @@
 //	global.get $fuel; i64.const 0; i64.lt_s; if; unreachable; end
 //
 // so a budget of N lets exactly N loop iterations run and traps at the
-// N+1th, leaving the fuel at -1. Existing indices do not change: the global
+// N+1th, leaving the fuel at -1. The global starts at 0: a start function
+// (which runs at instantiation, before the host can set a budget) traps at
+// its first check; Go's wasip1 reactors have none. Existing indices do not change: the global
 // is appended after the module's own globals and the export after its
 // exports. Custom sections are kept, except DWARF (.debug_*), whose code
 // offsets the rewrite invalidates.

@@ -322,6 +322,29 @@ func TestModuleWithoutGlobalsOrExports(t *testing.T) {
 	instance(t, out, &ticks)
 }
 
+// TestStartFunctionHasNoFuel: the fuel starts at 0, so a start function
+// that reaches a loop header traps at instantiation instead of running
+// unbounded before the host can set a budget.
+func TestStartFunctionHasNoFuel(t *testing.T) {
+	zero := uint32(0)
+	mod := &testModule{
+		types:  []funcType{{}},
+		funcs:  []uint32{0},
+		start:  &zero,
+		bodies: [][]byte{{0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b}}, // loop { br 0 }
+	}
+	out, err := Instrument(mod.bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigCompiler())
+	defer rt.Close(ctx)
+	if _, err := rt.Instantiate(ctx, out); err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("instantiating an endless start function: %v, want an unreachable trap", err)
+	}
+}
+
 func TestRefusals(t *testing.T) {
 	withBody := func(body ...byte) []byte {
 		return (&testModule{
