@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"wasmvmm/abi"
 	"wasmvmm/host/netdev/netnstest"
 	"wasmvmm/host/plugin"
@@ -368,5 +370,45 @@ func TestTapInNamespace(t *testing.T) {
 		if s, r := tap.Stats(); s != 1 || r == 0 {
 			t.Errorf("stats %d %d", s, r)
 		}
+		if !vnet {
+			adoptAndAsk(t, tap, req, guestIP, hostIP)
+		}
+	}
+}
+
+// adoptAndAsk hands the tap's descriptor over as cpr-transfer does (a
+// duplicate, the original closed) and asks the kernel again through it.
+func adoptAndAsk(t *testing.T, tap *Tap, req []byte, guestIP, hostIP net.IP) {
+	t.Helper()
+	fd, err := unix.Dup(tap.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap.Close()
+	adopted, err := AdoptTap(fd, tap.Name(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adopted.Close()
+	if _, err := adopted.SendSG([][]byte{req}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	buf := make([]byte, 2048)
+	for {
+		n, err := adopted.RecvSG([][]byte{buf})
+		if err == nil {
+			if _, ok := netnstest.ARPReply(buf[:n], net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, guestIP, hostIP); ok {
+				return
+			}
+			continue
+		}
+		if !wouldBlockErr(err) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no ARP reply through the adopted descriptor")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
