@@ -1,28 +1,42 @@
 // Command virtio-net is the wasmvmm plugin for a virtio network device
 // (virtio 1.2 §5.1) on the modern virtio-mmio transport (sdk/virtio): one
 // MMIO region of virtio.RegionSize (0x200) bytes, one level-triggered
-// interrupt line, a receive queue (0) and a transmit queue (1) of 256
-// entries each, no control queue, and a net backend named "net".
+// interrupt line (line 0), a receive queue (0) and a transmit queue (1) of
+// 256 entries each, no control queue (VIRTIO_NET_F_CTRL_VQ is not offered:
+// no promiscuous/MAC filter commands, no multiqueue), and a net backend
+// named "net".
 //
 // Features: VIRTIO_NET_F_MAC, MTU, STATUS (the link is always up),
-// MRG_RXBUF (property mrg_rxbuf), and, only when the backend carries
-// virtio_net_hdr in front of each frame (property vnet_hdr, with a tap
-// opened with IFF_VNET_HDR), the offloads CSUM, GUEST_CSUM, HOST_TSO4/6,
-// GUEST_TSO4/6, HOST_USO, GUEST_USO4/6, each behind its property (a
-// property that is off, or whose prerequisite CSUM or GUEST_CSUM is off,
-// takes the feature out of the offer: machine types turn the USO features
-// off for older versions this way). VIRTIO_F_VERSION_1, INDIRECT_DESC and
-// EVENT_IDX come from the transport.
+// MRG_RXBUF (property mrg_rxbuf), and the offloads CSUM, GUEST_CSUM,
+// HOST_TSO4/6, GUEST_TSO4/6, HOST_USO, GUEST_USO4/6, each behind its
+// property; a property that is off, or whose prerequisite CSUM or
+// GUEST_CSUM is off, takes the feature out of the offer (machine types turn
+// the USO features off for older versions this way). Offloads are offered
+// only when the backend carries the 12-byte virtio_net_hdr with every frame,
+// which the device learns from its property vnet_hdr (the plugin ABI has no
+// call to ask the backend): set it with a tap opened "tap:IFNAME,vnet_hdr",
+// or on both ends of a unix link. Without it the device strips the header
+// on transmit and writes a zero one on receive. VIRTIO_F_VERSION_1,
+// INDIRECT_DESC and EVENT_IDX come from the transport.
 //
 // Frames never pass through the plugin: transmit gathers a chain's guest
-// buffers into the backend (backend_send_sg, skipping the 12-byte header
-// unless the backend takes it); receive scatters a frame from the backend
-// into one receive chain, or with mergeable buffers into as many as it
-// needs (backend_recv_sg), and the plugin writes only the header. One
-// queue notification transmits every available chain; one readiness call
-// receives every waiting frame the receive buffers take. When the receive
-// queue has no buffers the device stops watching the backend and resumes
-// at the driver's next receive notification.
+// buffers into the backend (backend_send_sg, skipping the header unless the
+// backend takes it); receive scatters a frame from the backend into one
+// receive chain, or with mergeable buffers into as many as it needs
+// (backend_recv_sg), and the plugin writes only the header (num_buffers).
+//
+// Calls: one transmit notification sends every available chain, in
+// batches that cost one backend_send_sg per frame plus a few ring accesses
+// per batch (available index and entries, the descriptor table, the used
+// entries and index, each in one call). One readiness call receives every
+// waiting frame the buffers take; per frame it costs a Pop (three ring
+// reads), backend_recv_sg, a header write and a Push (two stores). With
+// mergeable buffers the device holds chains for the largest frame the
+// driver accepts (MTU plus Ethernet header, or 64 KiB with guest
+// segmentation offloads) before it reads a frame, since a frame's length is
+// known only once it was read. When the receive queue has no buffers the
+// device stops watching the backend and resumes at the driver's next
+// receive notification (or when the driver sets DRIVER_OK).
 //
 // Build: GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared (see
 // host/pluginbuild).
