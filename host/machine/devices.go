@@ -117,6 +117,8 @@ func DeviceSpecs(mt *config.MachineType, vm *config.VM) ([]DeviceSpec, error) {
 			i = len(specs) - 1
 		} else if d.Plugin != "" && d.Plugin != specs[i].Plugin {
 			return nil, fmt.Errorf("%s: device %q: machine type %s fixes its plugin to %s", vm.Path, d.ID, mt.Name, specs[i].Plugin)
+		} else if len(d.MMIO)+len(d.PIO)+len(d.IRQ) > 0 {
+			return nil, fmt.Errorf("%s: device %q: machine type %s places it; its mmio, pio and irq cannot be changed", vm.Path, d.ID, mt.Name)
 		}
 		s := &specs[i]
 		if d.Properties != nil {

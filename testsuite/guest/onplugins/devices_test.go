@@ -25,13 +25,8 @@ import (
 	"wasmvmm/testsuite/harness"
 )
 
-// Where the extra devices go: after blk0 (0xd0000200, IRQ 6) of the
-// wasmvmm-virt machine types.
+// The devices are the machine type's net0, blk0 and gpu0.
 const (
-	netMMIO = 0xd0000400
-	netIRQ  = 7
-	gpuMMIO = 0xd0000600
-	gpuIRQ  = 8
 	testMAC = "52:54:00:12:34:56" // virtio-net's default mac property
 	gpuW    = 800                 // not the plugin's (or the guest's fallback) 1024x768
 	gpuH    = 600
@@ -120,7 +115,8 @@ type pluginVM struct {
 }
 
 // start assembles and starts a machine of the newest wasmvmm-virt type with
-// blk0 on img, net0 connected to peer and gpu0.
+// blk0 on img, net0 connected to peer and gpu0 (the machine type places
+// all three).
 func start(t *testing.T, cmdline, img string, peer *echoPeer) *pluginVM {
 	t.Helper()
 	harness.RequireKVM(t)
@@ -140,9 +136,8 @@ func start(t *testing.T, cmdline, img string, peer *echoPeer) *pluginVM {
 		Boot:    config.BootSection{Kernel: elf, Cmdline: cmdline},
 		Devices: []config.DeviceConfig{
 			{ID: "blk0", Backends: map[string]string{"disk": img}},
-			{ID: "net0", Plugin: "virtio-net", MMIO: []uint64{netMMIO}, IRQ: []uint32{netIRQ}, Backends: map[string]string{"net": "peer"}},
-			{ID: "gpu0", Plugin: "virtio-gpu", MMIO: []uint64{gpuMMIO}, IRQ: []uint32{gpuIRQ},
-				Properties: map[string]any{"xres": int64(gpuW), "yres": int64(gpuH)}},
+			{ID: "net0", Backends: map[string]string{"net": "peer"}},
+			{ID: "gpu0", Properties: map[string]any{"xres": int64(gpuW), "yres": int64(gpuH)}},
 		},
 	}
 	specs, err := machine.DeviceSpecs(mt, vm)
