@@ -73,12 +73,14 @@ func (tb *txBench) batch(b *testing.B, n int) {
 	}
 }
 
+// deadlineModes runs each benchmark with the host's default protection
+// against runaway plugins and without any (plugin.Config.NoDeadline).
 var deadlineModes = []struct {
 	name string
 	cfg  plugin.Config
 }{
-	{"deadline", plugin.Config{}},
-	{"nodeadline", plugin.Config{NoDeadline: true}},
+	{"default", plugin.Config{}},
+	{"unprotected", plugin.Config{NoDeadline: true}},
 }
 
 // BenchmarkTx64 measures transmitting 64-byte frames to the discard
