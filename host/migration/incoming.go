@@ -1,7 +1,7 @@
 package migration
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -82,12 +82,17 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 	if err != nil {
 		return err
 	}
-	r := bufio.NewReaderSize(deadlineReader{conn: conn, timeout: g.ioTimeout()}, 1<<20)
-	magic, err := r.Peek(len(preambleMagic))
-	if err != nil {
+	var r io.Reader = deadlineReader{conn: conn, timeout: g.ioTimeout()}
+	magic := make([]byte, len(preambleMagic))
+	if _, err := io.ReadFull(r, magic); err != nil {
 		return fmt.Errorf("read the stream header: %w", err)
 	}
 	framed := string(magic) == preambleMagic
+	if !framed {
+		r = io.MultiReader(bytes.NewReader(magic), r)
+	}
+	fresh := !g.ramWritten
+	g.ramWritten = true
 	// reply sends the verdict when the source speaks the framing.
 	reply := func(err error) error {
 		if !framed {
@@ -106,7 +111,6 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		return err
 	}
 	if framed {
-		r.Discard(len(preambleMagic))
 		var src machineDesc
 		if err := readMsgBody(r, &src); err != nil {
 			return fmt.Errorf("pre-flight description: %w", err)
@@ -115,8 +119,9 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		if err := checkCompatible(src, here); err != nil {
 			return reply(fmt.Errorf("incompatible source: %w", err))
 		}
-		if err := reply(nil); err != nil {
-			return err
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if err := writeMsg(conn, verdictMagic, verdict{OK: true, FreshRAM: fresh}); err != nil {
+			return fmt.Errorf("pre-flight answer: %w", err)
 		}
 	}
 	counter := &countingReader{r: r}
@@ -124,6 +129,8 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 	if err != nil {
 		return reply(err)
 	}
+	var tm phaseTimer
+	tm.start()
 	st, err := host.state()
 	if err != nil {
 		return reply(err)
@@ -131,9 +138,12 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 	if err := m.RestoreCPUState(st); err != nil {
 		return reply(err)
 	}
+	tm.mark("cpu")
 	if err := activateDisks(disks(m)); err != nil {
 		return reply(err)
 	}
+	tm.mark("disks")
+	defer func() { g.log.Info("incoming switchover", "phases", tm.String()) }()
 	g.mu.Lock()
 	g.ram.Transferred = res.Bytes
 	g.ram.Normal = int64(res.Pages)
@@ -144,7 +154,10 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 	if err := reply(nil); err != nil {
 		return err
 	}
-	return g.enterLoadedState(st.RunState)
+	tm.mark("reply")
+	err = g.enterLoadedState(st.RunState)
+	tm.mark("resume")
+	return err
 }
 
 // countingReader counts bytes read (for query-migrate while loading).

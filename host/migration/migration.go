@@ -106,6 +106,7 @@ type Migrator struct {
 	expectedDowntime time.Duration // live: estimate at the last dirty sync
 	throttlePct      int64         // auto-converge's current vCPU throttle
 	continueCh       chan struct{} // pre-switchover: migrate-continue
+	ramWritten       bool          // incoming: a load has written this machine's RAM
 }
 
 // New returns an idle Migrator with QEMU's default parameters.

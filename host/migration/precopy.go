@@ -52,6 +52,10 @@ type precopy struct {
 	dirty [][]uint64 // pages still to send
 	sel   [][]uint64 // scratch: the chunk being sent
 	empty [][]uint64 // all-zero bitmaps
+	// sent marks pages the destination received; nil unless the
+	// destination's RAM is fresh, in which case a zero page never sent
+	// needs no record at all (the destination's page is zero already).
+	sent [][]uint64
 
 	preflight bool
 
@@ -147,8 +151,9 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	}
 	lim := &rateLimiter{rate: func() int64 { return g.Parameters().MaxBandwidth }}
 	p.sw = &streamWriter{ctx: p.ctx, conn: conn, lim: lim, timeout: g.ioTimeout}
+	fresh := false
 	if p.preflight {
-		if err := p.checkDestination(); err != nil {
+		if fresh, err = p.checkDestination(); err != nil {
 			return false, "", nil, err
 		}
 	}
@@ -166,12 +171,21 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	p.empty = make([][]uint64, len(p.blocks))
 	var total uint64
 	pending := 0
+	if fresh {
+		p.sent = make([][]uint64, len(p.blocks))
+	}
 	for i, b := range p.blocks {
 		words := int((b.Pages() + 63) / 64)
 		p.dirty[i] = make([]uint64, words)
 		p.sel[i] = make([]uint64, words)
 		p.empty[i] = make([]uint64, words)
-		residentPages(b, p.dirty[i])
+		if fresh {
+			// Pages never populated are zero here and there.
+			p.sent[i] = make([]uint64, words)
+			residentPages(b, p.dirty[i])
+		} else {
+			allPages(b, p.dirty[i])
+		}
 		for _, w := range p.dirty[i] {
 			pending += bits.OnesCount64(w)
 		}
@@ -185,6 +199,7 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	g.mu.Unlock()
 	g.setStatus(StatusActive)
 	g.emitPass(1)
+	g.log.Debug("setup", "time", time.Since(setupStart), "fresh", fresh, "pages", pending)
 
 	// Passes until the rest fits in the downtime limit.
 	p.lastSync = time.Now()
@@ -201,12 +216,14 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 			g.ram.Mbps = float64(p.sw.n-bytes0) * 8 / 1e6 / el
 		}
 		g.mu.Unlock()
+		sendTime := time.Since(passStart)
 		n, err := m.SyncDirty(p.dirty)
 		if err != nil {
 			return false, "", nil, err
 		}
 		remaining := int64(n) * vmstate.PageSize
 		expected := p.expectedDowntime(remaining)
+		g.log.Debug("pass", "sent", p.sw.n-bytes0, "send", sendTime, "sync", time.Since(passStart)-sendTime, "dirty", n, "expected_downtime", expected, "bandwidth_MiBps", int(p.bandwidth/(1<<20)))
 		g.mu.Lock()
 		g.ram.DirtySyncCount++
 		g.ram.Remaining = remaining
@@ -284,15 +301,57 @@ func (p *precopy) sendDirty() error {
 			}
 			copy(sel[w:end], bm[w:end])
 			clear(bm[w:end])
-			st, err := p.w.RAMPart(list)
-			clear(sel[w:end])
-			if err != nil {
-				return err
+			skipped := 0
+			if p.sent != nil {
+				skipped = p.dropFreshZeros(i, sel[w:end], p.sent[i][w:end], w)
 			}
-			p.account(st, int64(pending))
+			if skipped < pending {
+				st, err := p.w.RAMPart(list)
+				if err != nil {
+					return err
+				}
+				st.ZeroPages += uint64(skipped)
+				p.account(st, int64(pending))
+			} else {
+				p.account(vmstate.RAMStats{ZeroPages: uint64(skipped)}, int64(pending))
+			}
+			clear(sel[w:end])
 		}
 	}
 	return p.w.Flush()
+}
+
+// dropFreshZeros removes from sel the zero pages the destination never
+// received (they are zero there already), marks the rest as sent, and
+// returns how many it removed. sel and sent cover words from word first.
+func (p *precopy) dropFreshZeros(block int, sel, sent []uint64, first int) int {
+	mem := p.blocks[block].Mem
+	n := 0
+	for j, word := range sel {
+		todo := word &^ sent[j]
+		for todo != 0 {
+			bit := bits.TrailingZeros64(todo)
+			todo &= todo - 1
+			off := ((first+j)*64 + bit) * vmstate.PageSize
+			if isZeroPage(mem[off : off+vmstate.PageSize]) {
+				sel[j] &^= 1 << bit
+				n++
+			}
+		}
+		sent[j] |= sel[j]
+	}
+	return n
+}
+
+// isZeroPage reports whether a page reads as zeroes, 64 bytes at a time.
+func isZeroPage(b []byte) bool {
+	w := unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), len(b)/8)
+	for i := 0; i < len(w); i += 8 {
+		if w[i]|w[i+1]|w[i+2]|w[i+3]|w[i+4]|w[i+5]|w[i+6]|w[i+7] != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (p *precopy) account(st vmstate.RAMStats, pages int64) {
@@ -331,7 +390,10 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 		return true, prev, nil, errCancelled
 	}
 	g.setStatus(StatusDevice)
+	var tm phaseTimer
+	tm.start()
 	gaveUp, err := inactivateDisks(m)
+	tm.mark("disks")
 	if err != nil {
 		return true, prev, gaveUp, err
 	}
@@ -339,6 +401,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if err != nil {
 		return true, prev, gaveUp, err
 	}
+	tm.mark("sync")
 	g.mu.Lock()
 	g.ram.DirtySyncCount++
 	g.ram.Remaining = int64(n) * vmstate.PageSize
@@ -349,6 +412,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if _, err := p.w.RAMEnd(p.empty); err != nil {
 		return true, prev, gaveUp, err
 	}
+	tm.mark("ram")
 	st, err := m.SaveCPUState()
 	if err != nil {
 		return true, prev, gaveUp, err
@@ -357,9 +421,11 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if err := p.host.fill(st); err != nil {
 		return true, prev, gaveUp, err
 	}
+	tm.mark("cpu")
 	if err := p.w.Complete(p.reg); err != nil {
 		return true, prev, gaveUp, err
 	}
+	tm.mark("devices")
 	if p.preflight {
 		// The stream is out: from here a cancel cannot take it back, so
 		// the source waits for the destination's word either way.
@@ -371,7 +437,9 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 		if !v.OK {
 			return true, prev, gaveUp, fmt.Errorf("the destination failed to load: %s", v.Error)
 		}
+		tm.mark("destination")
 	}
+	g.log.Info("switchover", "pages", n, "stop", tm.t0.Sub(stopAt), "phases", tm.String())
 	g.mu.Lock()
 	g.downtime = time.Since(stopAt)
 	g.ram.Transferred = p.sw.n
@@ -384,44 +452,47 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 }
 
 // checkDestination sends the description and waits for the pre-flight
-// verdict.
-func (p *precopy) checkDestination() error {
+// verdict; it reports whether the destination's RAM is fresh.
+func (p *precopy) checkDestination() (bool, error) {
 	desc := describeMachine(p.g.cfg.MachineType, p.blocks, p.reg)
 	if d := p.g.ioTimeout(); d > 0 {
 		p.conn.SetWriteDeadline(time.Now().Add(d))
 		p.conn.SetReadDeadline(time.Now().Add(d))
 	}
 	if err := writeMsg(p.conn, preambleMagic, desc); err != nil {
-		return fmt.Errorf("pre-flight: send the description: %w", err)
+		return false, fmt.Errorf("pre-flight: send the description: %w", err)
 	}
 	v, err := readVerdict(p.conn)
 	p.conn.SetReadDeadline(time.Time{})
 	if err != nil {
 		if p.ctx.Err() != nil {
-			return errCancelled
+			return false, errCancelled
 		}
-		return fmt.Errorf("pre-flight: no answer from the destination: %w", err)
+		return false, fmt.Errorf("pre-flight: no answer from the destination: %w", err)
 	}
 	if !v.OK {
-		return fmt.Errorf("the destination refused the migration: %s", v.Error)
+		return false, fmt.Errorf("the destination refused the migration: %s", v.Error)
 	}
-	return nil
+	return v.FreshRAM, nil
+}
+
+// allPages sets every page of b in bm.
+func allPages(b *guestmem.Block, bm []uint64) {
+	for i := range bm {
+		bm[i] = ^uint64(0)
+	}
+	if r := b.Pages() % 64; r != 0 {
+		bm[len(bm)-1] = 1<<r - 1
+	}
 }
 
 // residentPages sets in bm the pages of b that were ever populated. Pages
-// never touched read as zero on both sides (the destination's RAM is
-// fresh), so the first pass skips them. Without mincore, or with swap
+// never touched read as zero on both sides (used only when the destination
+// said its RAM is fresh), so the first pass skips them. Without mincore, or with swap
 // configured (a swapped-out page is not resident but not zero), every page
 // is selected.
 func residentPages(b *guestmem.Block, bm []uint64) {
-	all := func() {
-		for i := range bm {
-			bm[i] = ^uint64(0)
-		}
-		if r := b.Pages() % 64; r != 0 {
-			bm[len(bm)-1] = 1<<r - 1
-		}
-	}
+	all := func() { allPages(b, bm) }
 	if swapConfigured() {
 		all()
 		return
@@ -459,3 +530,19 @@ func swapConfigured() bool {
 	}
 	return strings.Count(strings.TrimSpace(string(b)), "\n") > 0
 }
+
+// phaseTimer records how long each phase of the switchover took.
+type phaseTimer struct {
+	t0, last time.Time
+	phases   []string
+}
+
+func (t *phaseTimer) start() { t.t0 = time.Now(); t.last = t.t0 }
+
+func (t *phaseTimer) mark(name string) {
+	now := time.Now()
+	t.phases = append(t.phases, fmt.Sprintf("%s=%v", name, now.Sub(t.last).Round(10*time.Microsecond)))
+	t.last = now
+}
+
+func (t *phaseTimer) String() string { return strings.Join(t.phases, " ") }

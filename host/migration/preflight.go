@@ -74,6 +74,9 @@ type fieldDesc struct {
 type verdict struct {
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
+	// FreshRAM (pre-flight answer) says the destination's RAM was never
+	// written: pages the source knows are zero need not be sent.
+	FreshRAM bool `json:"fresh_ram,omitempty"`
 }
 
 var fieldTypeNames = map[abi.FieldType]string{
