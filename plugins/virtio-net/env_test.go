@@ -115,6 +115,10 @@ func (r ram) Write(gpa uint64, p []byte) error {
 	return err
 }
 
+// patience bounds every wait for the device or the kernel; the machine is
+// shared, so it is generous (waits end as soon as the condition holds).
+const patience = 30 * time.Second
+
 // Guest memory layout of the tests.
 const (
 	ramSize    = 64 << 20
@@ -336,7 +340,7 @@ type received struct {
 func (e *env) waitRx(want int) []received {
 	e.t.Helper()
 	var used []virtiotest.Used
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	var out []received
 	for len(out) < want {
 		u, err := e.rx.TakeUsed()

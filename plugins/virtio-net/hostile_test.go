@@ -160,7 +160,7 @@ func TestHostileReceiveChains(t *testing.T) {
 			testEnd.SendSG([][]byte{frame(100, 1)})
 			c.post(e)
 			e.rx.Notify()
-			deadline := time.Now().Add(5 * time.Second)
+			deadline := time.Now().Add(patience)
 			for e.drv.Status()&virtio.StatusDeviceNeedsReset == 0 && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond)
 			}

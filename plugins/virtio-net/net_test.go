@@ -132,7 +132,7 @@ func peer(t *testing.T) (dev, test *netdev.Unix) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := l.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
@@ -146,7 +146,7 @@ func peer(t *testing.T) (dev, test *netdev.Unix) {
 func recvFrame(t *testing.T, u *netdev.Unix) []byte {
 	t.Helper()
 	buf := make([]byte, 70000)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		n, err := u.RecvSG([][]byte{buf})
 		if err == nil {
@@ -378,7 +378,7 @@ func TestTransmitBackpressure(t *testing.T) {
 			t.Fatalf("frame %d: %d bytes, want %d", i, len(got), len(f))
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for e.tx.UsedIdx() != count {
 		if time.Now().After(deadline) {
 			t.Fatalf("used idx %d, want %d", e.tx.UsedIdx(), count)

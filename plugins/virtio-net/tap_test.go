@@ -63,7 +63,7 @@ func TestTapInNamespace(t *testing.T) {
 			e.postRx(64, 2048)
 			mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
 			e.transmit([][]byte{netnstest.ARPRequest(mac, guestIP, hostIP)})
-			deadline := time.Now().Add(10 * time.Second)
+			deadline := time.Now().Add(patience)
 			for {
 				if time.Now().After(deadline) {
 					t.Fatal("no ARP reply from the kernel")
@@ -161,7 +161,7 @@ func udpSegmentation(t *testing.T, e *env, ns *netnstest.NS, mac net.HardwareAdd
 	binary.LittleEndian.PutUint16(hdr[8:], 6)       // csum_offset
 	e.transmitRaw(append(hdr[:], f...))
 	buf := make([]byte, 4000)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for got := 0; got < payload/segment; {
 		n, _, err := unix.Recvfrom(sock, buf, 0)
 		if err == unix.EAGAIN {
