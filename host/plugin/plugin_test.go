@@ -714,3 +714,40 @@ func TestConcurrentCalls(t *testing.T) {
 		t.Fatal(inst.Err())
 	}
 }
+
+// TestSetupAndCallBudgets: _initialize, dev_describe and dev_realize run
+// under SetupFuel, the device's calls under CallFuel.
+func TestSetupAndCallBudgets(t *testing.T) {
+	h := newTestHost(t, 1<<20)
+	small, _ := newTestRuntime(t, Config{SetupFuel: 100, CallFuel: 1 << 30})
+	m, err := small.Load(context.Background(), pluginPath("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Instantiate(context.Background(), InstanceConfig{Name: "e", Host: h})
+	if err == nil || !strings.Contains(err.Error(), "device e: _initialize ran past its per-call budget of 100 loop iterations") {
+		t.Fatalf("instantiate with a setup budget of 100: %v", err)
+	}
+
+	rt, _ := newTestRuntime(t, Config{SetupFuel: 1_000_000, CallFuel: 500})
+	if rt.CallFuel() != 500 {
+		t.Errorf("CallFuel() = %d", rt.CallFuel())
+	}
+	inst := instantiate(t, rt, "echo", h)
+	if err := inst.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	inst.MMIOWrite(1, 0x610, 8, 400) // a 400-iteration loop fits
+	if err := inst.Err(); err != nil {
+		t.Fatal(err)
+	}
+	inst.MMIOWrite(1, 0x610, 8, 600)
+	if err := inst.Err(); err == nil || !strings.Contains(err.Error(), "device echo0: dev_mmio_write ran past its per-call budget of 500 loop iterations (about 333ns of plugin CPU)") {
+		t.Errorf("600 iterations with a budget of 500: %v", err)
+	}
+
+	nometer, _ := newTestRuntime(t, Config{NoDeadline: true})
+	if nometer.CallFuel() != 0 {
+		t.Errorf("CallFuel() of an unmetered runtime = %d", nometer.CallFuel())
+	}
+}
