@@ -67,14 +67,14 @@
 // stop running code only when compiled with WithCloseOnContextDone(true),
 // and then every api.Function call spawns a goroutine that watches the
 // call's context (CloseModuleOnCanceledOrTimeout), whatever the context:
-// about 0.6-1.1 µs per call on the development host, 20-60 times a native
-// Go device. This package does not use it. Instead Load rewrites the
+// 0.7-1.1 µs per call on the development host, 60 times a native Go device
+// or more. This package does not use it. Instead Load rewrites the
 // module's bytecode (package meter, like wasmtime's fuel): a mutable i64
 // global exported as meter.GlobalName is decremented at every loop header
 // and on entry to every function that calls another before it reaches a
 // loop, and the module traps when it goes below zero. Before each export
 // call the instance sets the global to the call's budget (one
-// api.MutableGlobal.Set, about 3.5 ns); after a trap a negative fuel means
+// api.MutableGlobal.Set, about 3.3 ns); after a trap a negative fuel means
 // the budget ran out, and the instance fails with
 //
 //	device serial0: dev_pio_write ran past its per-call budget of 1500000000 loop iterations (about 1s of plugin CPU)
@@ -82,7 +82,7 @@
 // The budget counts work, not time: Config.CallFuel units, by default
 // Config.CallDeadline (1 s) × LoopIterationsPerSecond (1.5e9, the rate of
 // the tightest loop Go compiles on the development host), so an endless
-// `for { n++ }` is stopped after about 0.95 s; loops doing more per
+// `for { n++ }` is stopped after about 1 s; loops doing more per
 // iteration run longer before they are stopped (a loop calling a Go
 // function: about 8 ns per unit, so about 12 s). _initialize, dev_describe
 // and dev_realize get Config.SetupFuel (by default 4 × CallFuel). A
@@ -100,36 +100,41 @@
 // # Costs
 //
 // Measured on the development host (2 vCPUs shared with other jobs, load
-// 1.3 to 3; Go 1.26, wazero 1.12; go test -bench . ./host/plugin), one MMIO
+// 1.3 to 4; Go 1.26, wazero 1.12; go test -bench . ./host/plugin), one MMIO
 // access of the test device through the same Go interface as a native Go
-// device (native: 13-14 ns with its mutex):
+// device (native: 13-18 ns with its mutex):
 //
-//	                                  read              write
-//	fuel meter (default)          40-42 ns  3.0x    46-49 ns  3.5x native
-//	unmetered (NoDeadline)        36-38 ns  2.7x    38-40 ns  2.9x native
-//	wazero termination checks   600-700 ns   50x  700-850 ns   60x native
+//	                              read                write
+//	fuel meter (default)        40-48 ns  2.5-3.3x    47-51 ns  3.2-3.6x native
+//	unmetered (NoDeadline)      36-54 ns  2.7-3.6x    38-45 ns  2.7-3.1x native
+//	wazero termination checks  0.7-2.6 µs  60-160x  0.9-1.1 µs   60-75x native
 //
-// The meter adds 3-8 ns to a call (BenchmarkStopOverhead: the budget's Set
-// and the checks on the plugin's own path); wazero's checks added 600-800
-// ns. Inside the plugin a fuel check costs nothing measurable on a loop
-// over a Go slice (2.1 ns per iteration with or without) and about 0.6 ns
-// on a loop calling a small Go function (8.3 against 7.7 ns per
-// iteration; BenchmarkFuelLoop). A plugin->host call (clock_ns in a loop
-// in the plugin) costs about 80-100 ns metered or not (native call of the
-// same Clock: 30 ns). Host->plugin calls allocate nothing in this package.
+// Measured interleaved with an unmetered instance (BenchmarkStopOverhead),
+// the meter adds 4.9-5.8 ns to a call (the budget's Set alone: 3.2-3.4 ns,
+// BenchmarkFuelSet), wazero's checks 0.7-1.1 µs. Inside the plugin a fuel
+// check costs 0.05-0.26 ns per iteration of a loop over a Go array (2.0-2.1
+// ns per iteration) and 0.65-0.77 ns per iteration of a loop calling a
+// small Go function (7.8-8.3 ns; BenchmarkFuelLoop). The tightest loop
+// burns fuel at 0.65-0.69 ns per unit, so the default budget stops it
+// after 0.98-1.03 s (BenchmarkFuelBurn; 1.2-1.4 ns per unit at load 5 to
+// 8). A plugin->host call (clock_ns in a loop in the plugin) costs 95-175
+// ns in every mode, too noisy to tell them apart (native call of the same
+// Clock: 33-70 ns). Host->plugin calls allocate nothing in this package.
 //
 // Loading (BenchmarkLoad: fresh Runtime, Load, Instantiate, Realize): cold
 // (instrumenting and compiling) 0.8 s for the 2.4 MB test plugin, 1.2-1.4 s
 // for the 3 MB real plugins; warm (both caches hit) 39-45 ms for the test
-// plugin and 60-65 ms for serial-16550 and virtio-blk, of which
-// Instantiate+Realize (the Go runtime's _initialize) 6 ms and 12-15 ms. The
-// meter does not make the warm path slower (the same figures without it,
-// within noise): what remains is wazero's CompileModule, which on a cache
-// hit still decodes the whole module, validates every function (about 17
-// ms for the test plugin, the largest share in a CPU profile), hashes it
-// and reads and relocates the cached machine code; stripping the custom
-// sections changes nothing measurable. This package's own share is
-// hashing the plugin file as it streams by and reading the instrumented
-// copy, about 3 ms. Each extra realized instance of a compiled module adds
-// 3.7-3.8 MiB of resident memory (46 pages of linear memory).
+// plugin at load 1.3 (60-90 ms at load 3 to 4) and 60-65 ms for
+// serial-16550 and virtio-blk, of which Instantiate+Realize (mostly the Go
+// runtime's _initialize) 6 and 12-15 ms. The meter does not make the warm
+// path slower (the "warm-nometer" figures are the same within noise): what
+// remains is wazero's CompileModule, which on a cache hit still decodes the
+// whole module, validates every function (about 17 ms of CPU for the test
+// plugin, the largest share in a CPU profile), hashes it and reads and
+// relocates the cached machine code; stripping the custom sections changes
+// nothing measurable. This package's own share is hashing the plugin file
+// as it streams by and reading the instrumented copy, about 3 ms. The goal
+// of 20 ms is out of reach without changing wazero. Each extra realized
+// instance of a compiled module adds 3.6-3.75 MiB of resident memory (46
+// pages of linear memory).
 package plugin

@@ -24,7 +24,7 @@ type testModule struct {
 	memory  bool     // one memory of 1 page
 	globals [][]byte // encoded global entries (type, mut, init expr)
 	exports []testExport
-	start   *uint32 // start function
+	start   *uint32  // start function
 	data    [][]byte // passive data segments
 	bodies  [][]byte // instructions of each function, final end included
 	locals  [][]byte // encoded locals vector of each function (nil: none)
