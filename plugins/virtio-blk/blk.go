@@ -175,7 +175,7 @@ func (d *blk) Realize(r *sdk.Realizer) error {
 	d.t, err = virtio.NewTransport(virtio.Config{
 		Name: "virtio-blk", DeviceID: deviceID, Features: features, ConfigSize: configSize,
 		QueueSizes: []uint16{queueSize},
-	}, &st.Transport, st.Queues[:], d)
+	}, &st.Transport, st.Queues[:], blkHandler{d})
 	if err != nil {
 		return err
 	}
@@ -196,9 +196,17 @@ func (d *blk) fillConfig() {
 	le.PutUint32(c[cfgMaxWriteZeroesSeg:], maxRangeSegs)
 }
 
-// Reset is the device part of a reset: the block device keeps no state
-// beyond the transport's; a pending continuation is dropped.
-func (d *blk) Reset() { _ = continueTimer.Cancel() }
+// Reset is the system reset (sdk.Device): the transport and its queues go
+// back to their power-on state, which calls blkHandler.Reset.
+func (d *blk) Reset() { d.t.Reset() }
+
+// blkHandler is the device as the transport's virtio.Handler; its Reset is
+// the device part of a transport reset (driver-initiated or system).
+type blkHandler struct{ *blk }
+
+// Reset implements virtio.Handler: the block device keeps no state beyond
+// the transport's; a pending continuation is dropped.
+func (h blkHandler) Reset() { _ = continueTimer.Cancel() }
 
 // MMIORead forwards to the transport.
 func (d *blk) MMIORead(_ sdk.Region, offset uint64, size int) uint64 {

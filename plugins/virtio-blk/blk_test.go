@@ -668,3 +668,25 @@ func TestBudgetContinuesFromTimer(t *testing.T) {
 		}
 	}
 }
+
+// TestSystemResetResetsTheTransport: a system reset (dev_reset) takes the
+// device back to its power-on state, as a driver-initiated reset does.
+func TestSystemResetResetsTheTransport(t *testing.T) {
+	path := newImage(t, imageSize)
+	e := start(t, path, openImage(t, path, blockdev.Options{}), nil, nil)
+	e.up(wantFeatures)
+	if e.drv.Status() == 0 {
+		t.Fatal("device not live after setup")
+	}
+	if err := e.inst.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.drv.Status(); st != 0 {
+		t.Fatalf("status after a system reset: %#x, want 0", st)
+	}
+	// The driver can bring it up again and use it.
+	e.up(wantFeatures)
+	if _, st := e.request(reqIn, 0, []virtiotest.Buf{{Addr: dataAddr, Len: 512, Write: true}}, false); st != statusOK {
+		t.Fatalf("request after reset: status %d", st)
+	}
+}
