@@ -110,16 +110,16 @@
 //	wazero termination checks  0.7-2.6 µs  60-160x  0.9-1.1 µs   60-75x native
 //
 // Measured interleaved with an unmetered instance (BenchmarkStopOverhead),
-// the meter adds 4.9-5.8 ns to a call (the budget's Set alone: 3.2-3.4 ns,
+// the meter adds 5-10 ns to a call (the budget's Set alone: 3.1-3.4 ns,
 // BenchmarkFuelSet), wazero's checks 0.7-1.1 µs. Inside the plugin a fuel
 // check costs 0.05-0.26 ns per iteration of a loop over a Go array (2.0-2.1
 // ns per iteration) and 0.65-0.77 ns per iteration of a loop calling a
 // small Go function (7.8-8.3 ns; BenchmarkFuelLoop). The tightest loop
 // burns fuel at 0.65-0.69 ns per unit, so the default budget stops it
 // after 0.98-1.03 s (BenchmarkFuelBurn; 1.2-1.4 ns per unit at load 5 to
-// 8). A plugin->host call (clock_ns in a loop in the plugin) costs 95-175
+// 8). A plugin->host call (clock_ns in a loop in the plugin) costs 86-175
 // ns in every mode, too noisy to tell them apart (native call of the same
-// Clock: 33-70 ns). Host->plugin calls allocate nothing in this package.
+// Clock: 32-70 ns). Host->plugin calls allocate nothing in this package.
 //
 // Loading (BenchmarkLoad: fresh Runtime, Load, Instantiate, Realize): cold
 // (instrumenting and compiling) 0.8 s for the 2.4 MB test plugin, 1.2-1.4 s
