@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,8 +69,10 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kvm, "kvm", "/dev/kvm", "KVM device")
 }
 
-// demoCmdline runs the dirtier over 64 MiB at 64 MiB/s: one marker a second.
-const demoCmdline = "workload=dirtier dirty_rate_mb=64"
+// demoCmdline runs the dirtier over 64 MiB at 64 MiB/s (one marker a
+// second), checks the disk and the display at boot and again every ten
+// passes.
+const demoCmdline = "workload=dirtier dirty_rate_mb=64 blk_test=1 gpu_test=1 dev_every=10"
 
 func cmdRun(args []string, demo bool, stdin io.Reader, stdout, stderr io.Writer) int {
 	name := "run"
@@ -170,6 +173,12 @@ func applyFlags(vm *config.VM, f *runFlags, demo bool, l *layout) error {
 		if vm.Boot.Cmdline == "" {
 			vm.Boot.Cmdline = demoCmdline
 		}
+		disk, err := demoDisk()
+		if err != nil {
+			return err
+		}
+		setBackend(vm, "blk0", "disk", disk)
+		setBackend(vm, "net0", "net", "discard")
 	}
 	if f.serial == "" && (demo || !hasSerialBackend(vm)) {
 		f.serial = "stdio"
@@ -433,4 +442,29 @@ func processStart() time.Time {
 	sinceBoot := time.Duration(ts.Nano())
 	started := time.Duration(ticks) * time.Second / hz
 	return time.Now().Add(started - sinceBoot)
+}
+
+// demoDisk returns the demo's scratch disk, a sparse 64 MiB raw image in the
+// user's cache directory, created on first use.
+func demoDisk() (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("demo disk: %w", err)
+	}
+	dir = filepath.Join(dir, "wasmvmm")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("demo disk: %w", err)
+	}
+	path := filepath.Join(dir, "demo-disk.img")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("demo disk: %w", err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() == 0 {
+		if err := f.Truncate(64 << 20); err != nil {
+			return "", fmt.Errorf("demo disk: %w", err)
+		}
+	}
+	return path, nil
 }
