@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -228,7 +229,8 @@ func (m *Module) Instantiate(ctx context.Context, cfg InstanceConfig) (*Instance
 		WithStartFunctions(). // _initialize runs under the fuel budget below
 		WithStdout(i.stdout).WithStderr(i.stderr).
 		WithSysNanotime().WithSysWalltime().WithRandSource(rand.Reader)
-	wmod, err := r.rt.InstantiateModule(i.ctx, m.compiled, modCfg)
+	instCtx := experimental.WithMemoryAllocator(i.ctx, mmapAllocator{limit: uint64(r.cfg.MemoryLimitPages) << 16})
+	wmod, err := r.rt.InstantiateModule(instCtx, m.compiled, modCfg)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: instantiate %s: %w", m.name, cfg.Name, err)
 	}
