@@ -223,3 +223,59 @@ func (m *Machine) throttleWait(v *vcpu) {
 		time.Sleep(min(time.Millisecond, time.Until(deadline)))
 	}
 }
+
+// SyncDirtyRange is SyncDirty for part of one RAM block, for a migration
+// that refreshes the dirty state of each chunk right before sending it (a
+// page written since the last full sync but before it is sent goes out
+// once, not twice). It ORs into dst the guest's writes to pages [first*64,
+// (first+words)*64) of block and re-arms tracking of exactly those; dst
+// covers the same range. Host-side writes are left for SyncDirty. Without
+// manual dirty-log protection it does nothing (reading KVM's log would
+// clear the whole slot's).
+func (m *Machine) SyncDirtyRange(block, first, words int, dst []uint64) (int, error) {
+	m.dirty.mu.Lock()
+	defer m.dirty.mu.Unlock()
+	if !m.dirty.on {
+		return 0, errors.New("dirty logging is off")
+	}
+	if !m.vm.ManualDirtyLogProtect() {
+		return 0, nil
+	}
+	blocks := m.mem.Blocks()
+	if block < 0 || block >= len(blocks) {
+		return 0, fmt.Errorf("sync dirty range: no RAM block %d", block)
+	}
+	kb := m.dirty.scratch[block]
+	if first < 0 || words <= 0 || first+words > len(kb) || len(dst) < words {
+		return 0, fmt.Errorf("sync dirty range: words [%d, +%d) outside %d (dst %d)", first, words, len(kb), len(dst))
+	}
+	if err := m.vm.GetDirtyLog(uint32(block), kb); err != nil {
+		return 0, err
+	}
+	part := kb[first : first+words]
+	pages := blocks[block].Pages()
+	n := 0
+	for w, v := range part {
+		if v != 0 {
+			n += bits.OnesCount64(v &^ dst[w])
+			dst[w] |= v
+		}
+	}
+	if n == 0 && !anySet(part) {
+		return 0, nil
+	}
+	num := min(uint64(words)*64, pages-uint64(first)*64)
+	if err := m.vm.ClearDirtyLog(uint32(block), uint64(first)*64, uint32(num), part); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+func anySet(ws []uint64) bool {
+	for _, w := range ws {
+		if w != 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -58,6 +58,9 @@ type precopy struct {
 	sent [][]uint64
 
 	preflight bool
+	// freshChunks refreshes each chunk's dirty bits just before sending it
+	// (off for the final pass: the guest is stopped).
+	freshChunks bool
 
 	// convergence
 	lastSync      time.Time
@@ -202,7 +205,9 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	g.log.Debug("setup", "time", time.Since(setupStart), "fresh", fresh, "pages", pending)
 
 	// Passes until the rest fits in the downtime limit.
+	p.freshChunks = true
 	p.lastSync = time.Now()
+	prevRemaining := int64(pending) * vmstate.PageSize
 	for {
 		passStart, bytes0, busy0 := time.Now(), p.sw.n, p.sw.busy
 		if err := p.sendDirty(); err != nil {
@@ -236,15 +241,29 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		autoConverge := g.caps.AutoConverge
 		g.mu.Unlock()
 		g.emitPass(pass)
-		if expected <= limit {
+		if p.readyToSwitch(expected, limit, remaining, prevRemaining) {
 			break
 		}
+		prevRemaining = remaining
 		if autoConverge {
 			p.autoConverge(remaining)
 		}
 		p.lastSync, p.lastSyncBytes = time.Now(), p.sw.n
 	}
 	return p.switchover()
+}
+
+// readyToSwitch decides the switchover. The guest stops once the expected
+// downtime fits the limit and another pass would not help much (the dirty
+// set shrank by less than a quarter), or once it is small outright (a
+// sixteenth of the limit): a guest that converges keeps iterating towards a
+// short pause, one that does not stops as soon as the limit allows.
+func (p *precopy) readyToSwitch(expected, limit time.Duration, remaining, prev int64) bool {
+	if expected > limit {
+		return false
+	}
+	converging := remaining*4 < prev*3
+	return !converging || expected <= max(limit/16, 2*switchoverOverhead)
 }
 
 // expectedDowntime estimates the pause if the guest stopped now.
@@ -292,6 +311,17 @@ func (p *precopy) sendDirty() error {
 		list[i] = sel
 		for w := 0; w < len(bm); w += chunkWords {
 			end := min(w+chunkWords, len(bm))
+			if p.freshChunks {
+				// Writes since the pass began, to pages not sent yet,
+				// go out with this chunk instead of again next pass.
+				n, err := p.m.SyncDirtyRange(i, w, end-w, bm[w:end])
+				if err != nil {
+					return err
+				}
+				p.g.mu.Lock()
+				p.g.ram.Remaining += int64(n) * vmstate.PageSize
+				p.g.mu.Unlock()
+			}
 			pending := 0
 			for j := w; j < end; j++ {
 				pending += bits.OnesCount64(bm[j])
@@ -374,6 +404,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if err := p.ctx.Err(); err != nil {
 		return false, "", nil, errCancelled
 	}
+	p.freshChunks = false
 	stopAt := time.Now()
 	prev, err := m.StopFor(machine.StateFinishMigrate)
 	if err != nil {

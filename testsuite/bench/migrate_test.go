@@ -255,6 +255,7 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 		}
 	}
 	exec1(b, sc, "migrate", map[string]any{"uri": "unix:" + migSock})
+	var rawInfo json.RawMessage
 	var info struct {
 		Status    string `json:"status"`
 		TotalTime int64  `json:"total-time"`
@@ -270,6 +271,7 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 	cancelled := false
 	for {
 		raw := exec1(b, sc, "query-migrate", nil)
+		rawInfo = raw
 		if err := json.Unmarshal(raw, &info); err != nil {
 			b.Fatal(err)
 		}
@@ -286,6 +288,9 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 		downtime: time.Duration(info.Downtime) * time.Millisecond, bytes: info.RAM.Transferred,
 		normal: info.RAM.NormalBytes, passes: info.RAM.DirtySyncCount, mbps: info.RAM.Mbps,
 		converged: info.Status == "completed"}
+	if r.converged && r.total == 0 {
+		fmt.Printf("%s: completed without total-time: %s\n", v.name(), rawInfo)
+	}
 	if r.converged && !paused {
 		deadline := time.Now().Add(10 * time.Second)
 		for dstEv("RESUME").IsZero() && time.Now().Before(deadline) {
@@ -377,14 +382,15 @@ func BenchmarkLiveMigration(b *testing.B) {
 					res[v.name()] = runMigration(b, v, dir, size, c, timeout)
 				}
 				for _, v := range vmms {
-					b.Logf("%4d MiB %-19s %-7s %s", size, c.name, v.name(), res[v.name()])
+					fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, v.name(), res[v.name()])
 				}
 				w := res["wasmvmm"]
 				if c.name == "paused/10GiB" && w.converged {
 					raw := float64(w.bytes) / w.total.Seconds()
 					plain := socketCopy(b, w.bytes)
-					b.Logf("%4d MiB RAM throughput %.0f MiB/s, plain unix-socket copy of %d MiB into fresh memory %.0f MiB/s: ratio %.2f",
+					fmt.Printf("%4d MiB RAM throughput %.0f MiB/s, plain unix-socket copy of %d MiB into fresh memory %.0f MiB/s: ratio %.2f",
 						size, raw/(1<<20), w.bytes>>20, plain/(1<<20), raw/plain)
+					fmt.Println()
 					b.ReportMetric(raw/plain, fmt.Sprintf("ram-vs-socket-%dM", size))
 				}
 				if q, ok := res["qemu"]; ok && q.converged && w.converged {

@@ -85,54 +85,80 @@ func sameRAM(t *testing.T, a, b *machine.Machine) {
 	}
 }
 
+// TestLiveMigrationOfTheDirtierIsExact migrates the dirtying guest (paced,
+// and flat out with auto-converge over a narrow link so that it takes
+// several passes) to a destination that stays paused, then compares every
+// byte of RAM with the stopped source, checks the dirtier's step pattern,
+// and resumes the destination: the pass numbering must continue.
 func TestLiveMigrationOfTheDirtierIsExact(t *testing.T) {
-	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier + " dirty_rate_mb=64"})
-	if err := src.M.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	waitPasses(t, src, 1)
-	dst := newLiveDest(t, harness.MachineOptions{}, false)
-	g := migrator(src)
-	if err := g.SetCapabilities([]migration.CapabilityState{{Capability: "events", State: true}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(dst.ch); err != nil {
-		t.Fatal(err)
-	}
-	info := waitStatus(t, g)
-	if info.Status != migration.StatusCompleted {
-		t.Fatalf("migration %s: %s", info.Status, info.ErrorDesc)
-	}
-	if err := dst.wait(t); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := src.M.State(); st != machine.StatePostMigrate {
-		t.Fatalf("source after migration: %s", st)
-	}
-	if st, _ := dst.ip.M.State(); st != machine.StatePaused {
-		t.Fatalf("destination with autostart off: %s, want paused", st)
-	}
-	sameRAM(t, src.M, dst.ip.M)
-	pat, err := dirtycheck.Check(dst.ip.M.Memory(), dirtyStart, dirtyEnd)
-	if err != nil {
-		t.Fatalf("destination pattern: %v", err)
-	}
-	t.Logf("query-migrate: status %s total %dms downtime %dms setup %dms, ram %+v; pattern %+v",
-		info.Status, *info.TotalTime, *info.Downtime, *info.SetupTime, *info.RAM, pat)
-	last := passes(src.Console.String())
-	if err := dst.ip.M.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for passes(dst.ip.Console.String()) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("destination guest does not continue: %q", dst.ip.Console.String())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	stream := src.Console.String() + dst.ip.Console.String()
-	if want := fmt.Sprintf("\nDIRTY pass=%d\n", last+1); !strings.Contains(stream, want) {
-		t.Fatalf("the pass numbering does not continue (%q missing)", want)
+	for _, tc := range []struct {
+		name, args string
+		bw, limit  int64
+		converge   bool
+	}{
+		{"64MiBps", " dirty_rate_mb=64", 0, 0, false},
+		{"flat-out-narrow-link", " marker_every=50", 24 << 20, 0, true},
+		{"many-passes", " dirty_rate_mb=4", 8 << 20, 6, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier + tc.args})
+			if err := src.M.Start(false); err != nil {
+				t.Fatal(err)
+			}
+			waitPasses(t, src, 1)
+			dst := newLiveDest(t, harness.MachineOptions{}, false)
+			g, log := liveMigrator(t, src)
+			if tc.bw > 0 {
+				g.SetParameters(migration.ParameterUpdate{MaxBandwidth: &tc.bw})
+			}
+			if tc.limit > 0 {
+				g.SetParameters(migration.ParameterUpdate{DowntimeLimit: &tc.limit})
+			}
+			if tc.converge {
+				g.SetCapabilities([]migration.CapabilityState{{Capability: "auto-converge", State: true}})
+			}
+			info := migrateTo(t, g, dst)
+			if info.Status != migration.StatusCompleted {
+				t.Fatalf("migration %s: %s", info.Status, info.ErrorDesc)
+			}
+			if err := dst.wait(t); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := src.M.State(); st != machine.StatePostMigrate {
+				t.Fatalf("source after migration: %s", st)
+			}
+			if st, _ := dst.ip.M.State(); st != machine.StatePaused {
+				t.Fatalf("destination with autostart off: %s, want paused", st)
+			}
+			if !log.has("MIGRATION:setup") || !log.has("MIGRATION:active") || !log.has("MIGRATION:device") || !log.has("MIGRATION:completed") || !log.has("MIGRATION_PASS") {
+				t.Fatalf("events %v", log.evs)
+			}
+			sameRAM(t, src.M, dst.ip.M)
+			pat, err := dirtycheck.Check(dst.ip.M.Memory(), dirtyStart, dirtyEnd)
+			if err != nil {
+				t.Fatalf("destination pattern: %v", err)
+			}
+			t.Logf("total %dms downtime %dms setup %dms, ram %+v; pattern %+v",
+				*info.TotalTime, *info.Downtime, *info.SetupTime, *info.RAM, pat)
+			if *info.Downtime > g.Parameters().DowntimeLimit {
+				t.Errorf("downtime %d ms above the limit", *info.Downtime)
+			}
+			last := passes(src.Console.String())
+			if err := dst.ip.M.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("\nDIRTY pass=%d\n", last+1)
+			if tc.name == "flat-out-narrow-link" {
+				want = fmt.Sprintf("\nDIRTY pass=%d\n", (last+1)*50)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for !strings.Contains(src.Console.String()+dst.ip.Console.String(), want) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the pass numbering does not continue (%q missing): %q", want, dst.ip.Console.String())
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
 	}
 }
 
