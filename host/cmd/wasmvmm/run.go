@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -348,6 +349,9 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		return 1, err
 	}
 	phase("vcpus started")
+	// Loading plugins leaves decoded modules behind as garbage (tens of
+	// MiB); return it to the OS once, off the boot path.
+	go debug.FreeOSMemory()
 	select {
 	case <-m.Done():
 	case <-ctx.Done():
