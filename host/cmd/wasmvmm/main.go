@@ -7,6 +7,8 @@
 //	wasmvmm analyze FILE              print a migration stream as JSON
 //	wasmvmm migrate --qmp SOCK URI    live-migrate a running VM (progress and figures)
 //	wasmvmm machines                  list the machine types
+//	wasmvmm dump-vmstate --machine NAME FILE   every section schema of a machine type
+//	wasmvmm compat-check SRC.json DST.json     what breaks migrating from SRC to DST
 //	wasmvmm version
 //
 // run and demo take the same flags; see `wasmvmm run -h`.
@@ -44,6 +46,10 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdMigrate(rest, stdout, stderr)
 	case "machines":
 		return cmdMachines(rest, stdout, stderr)
+	case "dump-vmstate":
+		return cmdDumpVMState(rest, stdout, stderr)
+	case "compat-check":
+		return cmdCompatCheck(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "wasmvmm %s\n", version)
 		return 0
@@ -68,6 +74,11 @@ commands:
   migrate --qmp SOCK URI    migrate a running VM (unix:PATH, tcp:HOST:PORT, fd:N, file:PATH)
                             with a progress bar and the final figures
   machines                  list the machine types
+  dump-vmstate [--machine NAME] FILE
+                            write every section schema of a machine type (QEMU's -dump-vmstate JSON)
+  compat-check [--json] SRC.json DST.json
+                            compare two dumps like QEMU's vmstate-static-checker;
+                            exit status = number of problems (0: compatible)
   version                   print the version
 
 run and demo flags: wasmvmm run -h
