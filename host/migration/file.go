@@ -31,6 +31,9 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 // StartChannels begins an outgoing migration over the given channels (one
 // main channel; a cpr channel for mode cpr-transfer).
 func (g *Migrator) StartChannels(chs []Channel) error {
+	if g.Parameters().Mode == ModeCPRTransfer {
+		return g.startCPR(chs) // cpr.go
+	}
 	var main *Channel
 	for i := range chs {
 		switch chs[i].Type {
@@ -56,6 +59,9 @@ func (g *Migrator) StartChannels(chs []Channel) error {
 // returned; later ones land in query-migrate and the MIGRATION event.
 func (g *Migrator) Start(ch Channel) error {
 	mode := g.Parameters().Mode
+	if mode == ModeCPRTransfer {
+		return g.startCPR([]Channel{ch}) // cpr.go
+	}
 	if reasons := g.BlockedReasons(mode); len(reasons) > 0 {
 		return fmt.Errorf("disallowing migration: %s", strings.Join(reasons, "; "))
 	}

@@ -76,7 +76,10 @@ type Config struct {
 	// Plugins holds the blockers and notifier subscriptions plugins
 	// registered through the ABI.
 	Plugins *plugin.MigrationRegistry
-	Logger  hclog.Logger
+	// Preserved holds the descriptors plugins asked to keep across
+	// cpr-transfer (fd_preserve); nil means none.
+	Preserved *plugin.FDRegistry
+	Logger    hclog.Logger
 	// Emit sends a QMP event (MIGRATION, MIGRATION_PASS) when the events
 	// capability is on; nil drops them.
 	Emit func(name string, data map[string]any)
@@ -117,7 +120,9 @@ func New(cfg Config) *Migrator {
 	if cfg.Plugins == nil {
 		cfg.Plugins = plugin.NewMigrationRegistry()
 	}
-	return &Migrator{cfg: cfg, log: cfg.Logger, status: StatusNone, params: DefaultParameters(), caps: Capabilities{Preflight: true}}
+	g := &Migrator{cfg: cfg, log: cfg.Logger, status: StatusNone, params: DefaultParameters(), caps: Capabilities{Preflight: true}}
+	g.addRAMBlockers() // cpr.go
+	return g
 }
 
 // Status returns the current migration status.

@@ -499,6 +499,10 @@ func (i *Instance) fireTimer(id uint32, gen uint64) {
 	if t.gen != gen || i.phase != phaseRunning {
 		return
 	}
+	if i.held {
+		i.heldTimers = append(i.heldTimers, heldTimer{id, gen})
+		return
+	}
 	t.stop = nil
 	i.stack[0] = uint64(id)
 	_ = i.callLocked(exTimer)
@@ -623,6 +627,9 @@ func (i *Instance) deliverReady(slot *backendSlot) {
 	defer i.mu.Unlock()
 	defer i.recoverLocked("backend readiness")
 	slot.pending.Store(false)
+	if i.held {
+		return // ReleaseEvents delivers it
+	}
 	w := slot.b.(Watchable)
 	id := -1
 	for k, b := range i.backends {

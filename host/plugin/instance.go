@@ -174,6 +174,11 @@ type Instance struct {
 	timers      [abi.MaxTimers]timerSlot
 	realizeErrs []error
 	sg          sgScratch
+
+	// held defers asynchronous calls (backend readiness, timers) while a
+	// migration saves or hands over the device (hold.go).
+	held       bool
+	heldTimers []heldTimer
 }
 
 type timerSlot struct {

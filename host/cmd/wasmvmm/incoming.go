@@ -21,6 +21,9 @@ type incomingSpec struct {
 	// the process then exits unless the migration was deferred (QEMU exits
 	// too when -incoming URI fails; after migrate-incoming it stays).
 	failed chan error
+	// cpr is the cpr channel of a cpr-transfer; cprIn what it brought.
+	cpr   *migration.Channel
+	cprIn *migration.CPRIncoming
 }
 
 func (s *incomingSpec) active() bool { return s.deferred || len(s.channels) > 0 }
@@ -35,9 +38,16 @@ func parseIncoming(flags []string) (*incomingSpec, error) {
 			s.deferred = true
 			continue
 		}
-		ch, err := migration.ParseURI(f)
+		ch, err := parseIncomingChannel(f)
 		if err != nil {
 			return nil, fmt.Errorf("--incoming: %w", err)
+		}
+		if ch.Type == "cpr" {
+			if s.cpr != nil {
+				return nil, errors.New("--incoming: give one cpr channel")
+			}
+			s.cpr = &ch
+			continue
 		}
 		s.channels = append(s.channels, ch)
 	}
@@ -73,6 +83,9 @@ func (s *incomingSpec) start(ctx context.Context, g *migration.Migrator, m *mach
 		return fmt.Errorf("the machine is %s, not waiting for an incoming migration", st)
 	}
 	log.Info("incoming migration", "from", main.String())
+	if s.cprIn != nil {
+		return s.startCPR(ctx, g, *main, log)
+	}
 	if main.Transport == "file" {
 		return g.Incoming(ctx, *main)
 	}

@@ -295,10 +295,21 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		return 2, err
 	}
 	loader.Preload(ctx, specs)
+	// cpr-transfer: read the cpr channel before anything of the machine
+	// exists; RAM and preserved descriptors come from the source (cpr.go).
+	mem, err := incoming.receiveCPR(ctx, vm, loader, console, log)
+	if err != nil {
+		return 1, err
+	}
+	if incoming.cprIn != nil {
+		defer mem.Close()
+		defer incoming.cprIn.Close()
+	}
 	m, err := machine.New(machine.Config{
 		VM: vm, MachineType: mt, KVMPath: f.kvm, Logger: log,
 		Devices: loader.Factory(ctx, specs),
 		NoBoot:  incoming.active(),
+		Memory:  mem,
 	})
 	if err != nil {
 		return 1, err
@@ -311,7 +322,7 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 			srv.Emit(name, data)
 		}
 	}
-	mig := migration.New(migration.Config{Machine: m, MachineType: mt.Name, Plugins: loader.Migration, Logger: log.Named("migration"), Emit: emit})
+	mig := migration.New(migration.Config{Machine: m, MachineType: mt.Name, Plugins: loader.Migration, Preserved: loader.Preserved, Logger: log.Named("migration"), Emit: emit})
 	if f.qmp != "" {
 		srv = qmp.NewServer(qmp.Config{Version: qmp.VersionInfo{Package: "wasmvmm " + version}, Logger: log.Named("qmp")})
 		mon, err := monitor.New(srv, m, vm.Machine.Type)

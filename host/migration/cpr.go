@@ -1,0 +1,395 @@
+package migration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"wasmvmm/abi"
+	"wasmvmm/host/cpr"
+	"wasmvmm/host/machine"
+	"wasmvmm/host/vmstate"
+)
+
+// cpr-transfer, the source side. See docs/cpr-transfer.md for the whole
+// protocol and why its order differs from QEMU's.
+//
+//  1. Checks before anything moves: mode, one main socket channel, one cpr
+//     unix channel, capabilities that combine, blockers (RAM not backed by
+//     a memfd registers one for this mode).
+//  2. The cpr channel: connect, send the CPR state (every RAM memfd and
+//     every descriptor a plugin preserved), shut down writing, wait for the
+//     destination to hang up. The guest runs all along.
+//  3. The main channel: connect, pre-flight (the destination compares the
+//     machine description and every schema with its own and says yes, or
+//     why not). The guest still runs; the destination has its VM, RAM and
+//     devices built.
+//  4. The pause: stop the vCPUs, hold device events, send vCPU and device
+//     state (no RAM: it is the same memory), wait for the verdict.
+//  5. Success: postmigrate; the source closes its copies of the handed-over
+//     descriptors (the disk's lock stays with the open file description the
+//     destination holds). Failure at any point: the guest goes on here with
+//     its RAM, descriptors and disks untouched.
+
+// DescriptorName is the CPR-state name of a descriptor a plugin preserved:
+// device id, backend name and the plugin's own name, "/"-separated; the id
+// is the plugin's. RAM blocks go under their block name with id 0.
+func DescriptorName(device, backend, name string) string {
+	return "dev/" + device + "/" + backend + "/" + name
+}
+
+// addRAMBlockers registers a cpr-transfer blocker for every RAM block that
+// is not backed by a memfd: its memory cannot be shared with a successor.
+func (g *Migrator) addRAMBlockers() {
+	m := g.cfg.Machine
+	if m == nil || m.Memory() == nil {
+		return
+	}
+	for _, b := range m.Memory().Blocks() {
+		if b.FD < 0 {
+			g.AddBlocker(fmt.Sprintf("RAM block %s (%d MiB) is anonymous memory, not a memfd: cpr-transfer shares RAM with the new process (start with --share-memory or share_memory = true)",
+				b.Name, b.Size()>>20), ModeCPRTransfer)
+		}
+	}
+}
+
+// cprChannels checks the channels of a cpr-transfer migration.
+func cprChannels(chs []Channel) (main, cprCh Channel, err error) {
+	var nMain, nCPR int
+	for _, c := range chs {
+		switch c.Type {
+		case "main":
+			main = c
+			nMain++
+		case "cpr":
+			cprCh = c
+			nCPR++
+		default:
+			return main, cprCh, fmt.Errorf("unknown channel type %q", c.Type)
+		}
+	}
+	switch {
+	case nMain != 1:
+		return main, cprCh, fmt.Errorf("cpr-transfer needs exactly one main channel (got %d)", nMain)
+	case nCPR == 0:
+		return main, cprCh, errors.New("cpr-transfer needs a cpr channel: migrate with channels [{\"channel-type\": \"main\", ...}, {\"channel-type\": \"cpr\", ...}]")
+	case nCPR > 1:
+		return main, cprCh, fmt.Errorf("cpr-transfer takes one cpr channel (got %d)", nCPR)
+	case cprCh.Transport != "unix":
+		return main, cprCh, fmt.Errorf("the cpr channel %s must be a unix socket: descriptors travel by SCM_RIGHTS", cprCh)
+	case !socketChannel(main):
+		return main, cprCh, fmt.Errorf("the main channel %s of a cpr-transfer must be a socket", main)
+	}
+	return main, cprCh, nil
+}
+
+// startCPR begins a cpr-transfer in the background. Everything that can be
+// refused without the destination is refused here, before the guest stops.
+func (g *Migrator) startCPR(chs []Channel) error {
+	main, cprCh, err := cprChannels(chs)
+	if err != nil {
+		return err
+	}
+	caps := g.capabilities()
+	if caps.Multifd {
+		return errors.New("capability multifd cannot be used with mode cpr-transfer: RAM is not sent")
+	}
+	if !caps.Preflight {
+		return errors.New("cpr-transfer needs capability x-preflight: the source keeps the guest until the destination's verdict")
+	}
+	if g.cfg.Machine.Memory() == nil {
+		return errors.New("cpr-transfer: the machine has no RAM")
+	}
+	ctx, err := g.begin(ModeCPRTransfer)
+	if err != nil {
+		return err
+	}
+	go g.runCPR(ctx, main, cprCh)
+	return nil
+}
+
+// cprSource is one outgoing cpr-transfer.
+type cprSource struct {
+	g    *Migrator
+	m    *machine.Machine
+	ctx  context.Context
+	conn net.Conn
+	// kept are the disks whose descriptor travels (their lock with it);
+	// gaveUp the ones inactivated for a normal hand-over.
+	kept, gaveUp []ownedDisk
+	held         bool
+	stopAt       time.Time
+	streamBytes  int64
+}
+
+func (g *Migrator) runCPR(ctx context.Context, main, cprCh Channel) {
+	p := &cprSource{g: g, m: g.cfg.Machine, ctx: ctx}
+	stopped, prev, err := p.run(main, cprCh)
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	mode := ModeCPRTransfer
+	if err == nil {
+		g.mu.Lock()
+		g.downtime = time.Since(p.stopAt)
+		g.ram = RAMInfo{Total: int64(p.m.Memory().Size())}
+		g.mu.Unlock()
+		if rerr := p.m.EnterRunState(machine.StatePostMigrate); rerr != nil {
+			g.log.Warn("postmigrate", "error", rerr)
+		}
+		p.releaseDescriptors()
+		g.finish(StatusCompleted)
+		g.notify(abi.MigrationDone, mode)
+		return
+	}
+	cancelled := errors.Is(err, errCancelled) || ctx.Err() != nil
+	if aerr := activateDisks(p.gaveUp); aerr != nil {
+		err = fmt.Errorf("%w; and the source could not take its disks back: %v", err, aerr)
+		g.log.Error("cpr-transfer failed and disks stay with someone else; the guest stays stopped", "error", err)
+		g.fail(err)
+		g.finishDone()
+		g.notify(abi.MigrationFailed, mode)
+		return
+	}
+	if p.held {
+		p.releaseEvents()
+	}
+	if stopped {
+		if rerr := p.m.EnterRunState(prev); rerr != nil {
+			g.log.Error("restoring the run state after a failed cpr-transfer", "state", prev, "error", rerr)
+		}
+	}
+	if cancelled {
+		g.finish(StatusCancelled)
+	} else {
+		g.log.Error("cpr-transfer failed; the guest stays here", "error", err)
+		g.fail(err)
+		g.finishDone()
+	}
+	g.notify(abi.MigrationFailed, mode)
+}
+
+// entries lists what the CPR state carries: RAM memfds, then preserved
+// device descriptors.
+func (p *cprSource) entries() ([]cpr.Entry, error) {
+	var out []cpr.Entry
+	for _, b := range p.m.Memory().Blocks() {
+		if b.FD < 0 {
+			return nil, fmt.Errorf("RAM block %s is not a memfd", b.Name)
+		}
+		out = append(out, cpr.Entry{Name: b.Name, ID: 0, FD: b.FD})
+	}
+	if p.g.cfg.Preserved == nil {
+		return out, nil
+	}
+	for _, pf := range p.g.cfg.Preserved.Preserved() {
+		h, ok := pf.Backend.(interface{ FD() int })
+		if !ok || h.FD() < 0 {
+			return nil, fmt.Errorf("device %s backend %s: its descriptor is gone", pf.Device, pf.BackendName)
+		}
+		if strings.Contains(pf.Device, "/") || strings.Contains(pf.BackendName, "/") {
+			return nil, fmt.Errorf("device %s backend %s: a \"/\" in the name cannot be carried", pf.Device, pf.BackendName)
+		}
+		out = append(out, cpr.Entry{Name: DescriptorName(pf.Device, pf.BackendName, pf.Name), ID: int32(pf.ID), FD: h.FD()})
+	}
+	return out, nil
+}
+
+// preservedDisk reports whether d's descriptor travels in the CPR state.
+func (p *cprSource) preservedDisk(d ownedDisk) bool {
+	if p.g.cfg.Preserved == nil {
+		return false
+	}
+	for _, pf := range p.g.cfg.Preserved.Preserved() {
+		if b, ok := pf.Backend.(ownedDisk); ok && b == d {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunState, err error) {
+	g, m := p.g, p.m
+	setupStart := time.Now()
+	entries, err := p.entries()
+	if err != nil {
+		return false, "", err
+	}
+	// The cpr channel: the destination reads the state, builds its VM over
+	// our RAM and its devices over our descriptors, listens on the main
+	// channel and hangs up.
+	cc, err := cpr.Send(p.ctx, cprCh.Path, entries)
+	if err != nil {
+		return false, "", p.cancelled(err)
+	}
+	if err := cpr.WaitHangup(p.ctx, cc); err != nil {
+		return false, "", p.cancelled(err)
+	}
+	conn, err := dial(p.ctx, main)
+	if err != nil {
+		return false, "", p.cancelled(fmt.Errorf("the destination read the cpr state but does not listen on the main channel: %w", err))
+	}
+	p.conn = conn
+	stop := context.AfterFunc(p.ctx, func() { conn.Close() })
+	defer stop()
+	host, err := newHostState(len(m.VCPUs()))
+	if err != nil {
+		return false, "", err
+	}
+	reg, err := buildRegistry(m, host)
+	if err != nil {
+		return false, "", err
+	}
+	if err := p.preflight(reg); err != nil {
+		return false, "", p.cancelled(err)
+	}
+	g.mu.Lock()
+	g.setupTime = time.Since(setupStart)
+	g.ram.Total = int64(m.Memory().Size())
+	g.mu.Unlock()
+	g.setStatus(StatusActive)
+	if p.ctx.Err() != nil {
+		return false, "", errCancelled
+	}
+
+	// The pause.
+	p.stopAt = time.Now()
+	prev, err = m.StopFor(machine.StateFinishMigrate)
+	if err != nil {
+		return false, "", fmt.Errorf("stop the guest: %w", err)
+	}
+	p.holdEvents()
+	if g.capabilities().PauseBeforeSwitchover {
+		g.setStatus(StatusPreSwitchover)
+		if err := g.waitContinue(p.ctx); err != nil {
+			return true, prev, err
+		}
+	}
+	if p.ctx.Err() != nil {
+		return true, prev, errCancelled
+	}
+	g.setStatus(StatusDevice)
+	var tm phaseTimer
+	tm.start()
+	for _, d := range disks(m) {
+		if p.preservedDisk(d) {
+			p.kept = append(p.kept, d)
+			continue
+		}
+		if !d.Active() {
+			continue
+		}
+		if err := d.Inactivate(); err != nil {
+			return true, prev, fmt.Errorf("inactivate disk %s: %w", d.Path(), err)
+		}
+		p.gaveUp = append(p.gaveUp, d)
+	}
+	tm.mark("disks")
+	st, err := m.SaveCPUState()
+	if err != nil {
+		return true, prev, err
+	}
+	st.RunState = prev
+	if err := host.fill(st); err != nil {
+		return true, prev, err
+	}
+	tm.mark("cpu")
+	cw := &countingWriter{w: conn}
+	bw := bufio.NewWriterSize(cw, 256<<10)
+	conn.SetWriteDeadline(time.Now().Add(max(g.ioTimeout(), 30*time.Second)))
+	w, err := vmstate.NewWriter(bw, g.cfg.MachineType)
+	if err != nil {
+		return true, prev, err
+	}
+	if err := w.Complete(reg); err != nil { // no RAM section: RAM stays in place
+		return true, prev, err
+	}
+	if err := bw.Flush(); err != nil {
+		return true, prev, fmt.Errorf("send device state: %w", err)
+	}
+	p.streamBytes = cw.n
+	tm.mark("devices")
+	conn.SetReadDeadline(time.Now().Add(max(g.ioTimeout(), 30*time.Second)))
+	v, err := readVerdict(conn)
+	if err != nil {
+		return true, prev, fmt.Errorf("no completion from the destination: %w", err)
+	}
+	if !v.OK {
+		return true, prev, fmt.Errorf("the destination failed to load: %s", v.Error)
+	}
+	tm.mark("destination")
+	g.log.Info("cpr-transfer switchover", "stream_bytes", p.streamBytes, "phases", tm.String())
+	return true, prev, nil
+}
+
+// preflight sends the machine description and waits for the destination's
+// yes; a refusal names every difference. The guest still runs.
+func (p *cprSource) preflight(reg *vmstate.Registry) error {
+	desc := describeMachine(p.g.cfg.MachineType, p.m.Memory().Blocks(), reg)
+	d := max(p.g.ioTimeout(), 30*time.Second)
+	p.conn.SetWriteDeadline(time.Now().Add(d))
+	p.conn.SetReadDeadline(time.Now().Add(d))
+	if err := writeMsg(p.conn, preambleMagic, desc); err != nil {
+		return fmt.Errorf("pre-flight: send the description: %w", err)
+	}
+	v, err := readVerdict(p.conn)
+	p.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		return fmt.Errorf("pre-flight: no answer from the destination: %w", err)
+	}
+	if !v.OK {
+		return fmt.Errorf("the destination refused the migration: %s", v.Error)
+	}
+	return nil
+}
+
+// cancelled turns an error caused by migrate_cancel into errCancelled.
+func (p *cprSource) cancelled(err error) error {
+	if p.ctx.Err() != nil {
+		return errCancelled
+	}
+	return err
+}
+
+// holdEvents stops backend and timer calls into every plugin device: from
+// here the source's devices must not write the shared RAM.
+func (p *cprSource) holdEvents() {
+	for _, d := range p.m.Devices() {
+		if inst := instanceOf(d); inst != nil {
+			inst.HoldEvents()
+		}
+	}
+	p.held = true
+}
+
+func (p *cprSource) releaseEvents() {
+	for _, d := range p.m.Devices() {
+		if inst := instanceOf(d); inst != nil {
+			inst.ReleaseEvents()
+		}
+	}
+	p.held = false
+}
+
+// releaseDescriptors closes the source's copies of the descriptors the
+// destination now holds: preserved backends (tap, disk images). A disk's
+// lock belongs to the open file description, which the destination holds,
+// so it never has no owner. The devices stay held: this source must not
+// touch the guest again.
+func (p *cprSource) releaseDescriptors() {
+	if p.g.cfg.Preserved == nil {
+		return
+	}
+	for _, pf := range p.g.cfg.Preserved.Preserved() {
+		if c, ok := pf.Backend.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				p.g.log.Warn("closing a handed-over descriptor", "device", pf.Device, "backend", pf.BackendName, "error", err)
+			}
+		}
+	}
+}

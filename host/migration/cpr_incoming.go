@@ -1,0 +1,321 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"wasmvmm/abi"
+	"wasmvmm/host/blockdev"
+	"wasmvmm/host/cpr"
+	"wasmvmm/host/guestmem"
+	"wasmvmm/host/machine"
+	"wasmvmm/host/machine/config"
+	"wasmvmm/host/netdev"
+	"wasmvmm/host/plugin"
+	"wasmvmm/host/vmstate"
+)
+
+// cpr-transfer, the destination side: the CPR state is read before the
+// machine exists (ReceiveCPR), RAM is built over the source's memfds
+// (Memory), devices open their backends over the source's descriptors
+// (Opener); then ListenIncomingCPR listens on the main channel, hangs up
+// the cpr channel (the source's signal to go on) and loads the vCPU and
+// device state when it comes.
+
+// CPRIncoming is what a destination received on the cpr channel.
+type CPRIncoming struct {
+	state *cpr.State
+	log   hclog.Logger
+
+	mu      sync.Mutex
+	conn    *net.UnixConn // open until the main channel listens
+	adopted []string      // descriptors handed to devices, for the log
+}
+
+// ReceiveCPR listens on the cpr channel ch (a unix socket), accepts the
+// source and reads its CPR state. It blocks until the source connects or
+// ctx ends.
+func ReceiveCPR(ctx context.Context, ch Channel, log hclog.Logger) (*CPRIncoming, error) {
+	if ch.Type != "cpr" {
+		return nil, fmt.Errorf("%s is not a cpr channel", ch)
+	}
+	if ch.Transport != "unix" {
+		return nil, fmt.Errorf("the cpr channel %s must be a unix socket", ch)
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	ln, err := cpr.Listen(ch.Path)
+	if err != nil {
+		return nil, err
+	}
+	st, conn, err := ln.Receive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in := &CPRIncoming{state: st, conn: conn, log: log}
+	for _, e := range st.Entries() {
+		log.Debug("cpr state", "name", e.Name, "id", e.ID)
+	}
+	return in, nil
+}
+
+// Entries lists the received entries.
+func (in *CPRIncoming) Entries() []cpr.Entry { return in.state.Entries() }
+
+// Memory builds vm's RAM over the source's memfds.
+func (in *CPRIncoming) Memory(vm *config.VM) (*guestmem.Memory, error) {
+	return machine.AdoptRAM(vm, func(name string) (int, bool) { return in.state.Take(name, 0) })
+}
+
+// take hands over the descriptor a plugin preserved for (device, backend),
+// whatever name and id it chose.
+func (in *CPRIncoming) take(device, backend string) (cpr.Entry, bool) {
+	prefix := DescriptorName(device, backend, "")
+	for _, e := range in.state.Untaken() {
+		if strings.HasPrefix(e.Name, prefix) {
+			if fd, ok := in.state.Take(e.Name, e.ID); ok {
+				e.FD = fd
+				return e, true
+			}
+		}
+	}
+	return cpr.Entry{}, false
+}
+
+// Opener wraps next: a backend whose descriptor the source preserved is
+// adopted (a disk image inactive until the switchover, its lock travelling
+// with the descriptor; a tap as the same open file); others open as next
+// does.
+func (in *CPRIncoming) Opener(next machine.BackendOpener, opt machine.BackendOptions) machine.BackendOpener {
+	return func(device, name, spec string, kind abi.BackendKind) (plugin.Backend, error) {
+		e, ok := in.take(device, name)
+		if !ok {
+			return next(device, name, spec, kind)
+		}
+		b, err := adoptBackend(e.FD, device, name, spec, kind, opt)
+		if err != nil {
+			unix.Close(e.FD)
+			return nil, fmt.Errorf("cpr-transfer: adopt %s/%d: %w", e.Name, e.ID, err)
+		}
+		in.mu.Lock()
+		in.adopted = append(in.adopted, e.Name)
+		in.mu.Unlock()
+		in.log.Debug("adopted a descriptor", "device", device, "backend", name, "entry", e.Name)
+		return b, nil
+	}
+}
+
+// adoptBackend wraps a received descriptor as the backend spec describes.
+func adoptBackend(fd int, device, name, spec string, kind abi.BackendKind, opt machine.BackendOptions) (plugin.Backend, error) {
+	switch kind {
+	case abi.BackendBlock:
+		path := strings.TrimPrefix(spec, "file:")
+		ro := false
+		if p, ok := strings.CutSuffix(path, ",readonly"); ok {
+			path, ro = p, true
+		}
+		var got, want unix.Stat_t
+		if err := unix.Fstat(fd, &got); err != nil {
+			return nil, err
+		}
+		if err := unix.Stat(path, &want); err != nil {
+			return nil, fmt.Errorf("disk %s: %w", path, err)
+		}
+		if got.Dev != want.Dev || got.Ino != want.Ino {
+			return nil, fmt.Errorf("the source's disk for %s.%s is not %s", device, name, path)
+		}
+		// Inactive: this process may not write before the switchover; the
+		// lock is held by the open file description all along.
+		return blockdev.Adopt(fd, path, false, blockdev.Options{ReadOnly: ro, Owner: fmt.Sprintf("%s device %s", opt.Owner, device)})
+	case abi.BackendNet:
+		kindName, arg, _ := strings.Cut(spec, ":")
+		if kindName != "tap" {
+			return nil, fmt.Errorf("net backend %q cannot be adopted (only tap)", spec)
+		}
+		ifname, opts, _ := strings.Cut(arg, ",")
+		vnet := false
+		for _, o := range strings.Split(opts, ",") {
+			if o == "vnet_hdr" || o == "vnet_hdr=on" {
+				vnet = true
+			}
+		}
+		return netdev.AdoptTap(fd, ifname, vnet)
+	}
+	return nil, fmt.Errorf("backends of kind %d cannot be adopted", kind)
+}
+
+// Hangup closes the cpr channel: the source goes on to the main channel.
+// Descriptors nobody adopted are closed (and logged).
+func (in *CPRIncoming) Hangup() {
+	in.mu.Lock()
+	c := in.conn
+	in.conn = nil
+	in.mu.Unlock()
+	if c == nil {
+		return
+	}
+	for _, e := range in.state.Untaken() {
+		in.log.Warn("cpr-transfer: no device took a preserved descriptor", "name", e.Name, "id", e.ID)
+	}
+	in.state.Close()
+	c.Close()
+}
+
+// Close hangs up and closes everything not handed over.
+func (in *CPRIncoming) Close() { in.Hangup() }
+
+// ListenIncomingCPR listens on the main channel ch, then hangs up the cpr
+// channel, and loads the vCPU and device state of the first connection in
+// the background. The machine must be in inmigrate, built over in's RAM
+// and descriptors.
+func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRIncoming) (<-chan error, error) {
+	m := g.cfg.Machine
+	if st, _ := m.State(); st != machine.StateInMigrate {
+		return nil, fmt.Errorf("incoming cpr-transfer: the machine is %s, not inmigrate", st)
+	}
+	if !socketChannel(ch) {
+		return nil, fmt.Errorf("incoming cpr-transfer: %s is not a socket channel", ch)
+	}
+	g.mu.Lock()
+	if g.status.Running() {
+		g.mu.Unlock()
+		return nil, errors.New("an incoming migration is already running")
+	}
+	g.mu.Unlock()
+	ln, err := listen(ch)
+	if err != nil {
+		return nil, err
+	}
+	// The devices exist but must not act before their state arrives.
+	for _, d := range m.Devices() {
+		if inst := instanceOf(d); inst != nil {
+			inst.HoldEvents()
+		}
+	}
+	g.mu.Lock()
+	g.started, g.finished, g.errDesc = time.Now(), time.Time{}, ""
+	g.ram = RAMInfo{}
+	g.params.Mode = ModeCPRTransfer
+	g.mu.Unlock()
+	g.setStatus(StatusSetup)
+	in.Hangup()
+	out := make(chan error, 1)
+	go func() {
+		err := g.acceptCPR(ctx, ln)
+		if err != nil {
+			g.fail(fmt.Errorf("incoming cpr-transfer on %s: %w", ch, err))
+		} else {
+			g.finish(StatusCompleted)
+		}
+		out <- err
+	}()
+	return out, nil
+}
+
+func (g *Migrator) acceptCPR(ctx context.Context, ln listener) error {
+	conn, err := ln.accept(ctx)
+	ln.close()
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	g.setStatus(StatusActive)
+	return g.loadCPR(conn)
+}
+
+// loadCPR answers the pre-flight and loads vCPU and device state; RAM is
+// already the guest's.
+func (g *Migrator) loadCPR(conn net.Conn) error {
+	m := g.cfg.Machine
+	host, err := newHostState(len(m.VCPUs()))
+	if err != nil {
+		return err
+	}
+	reg, err := buildRegistry(m, host)
+	if err != nil {
+		return err
+	}
+	var r io.Reader = deadlineReader{conn: conn, timeout: max(g.ioTimeout(), 30*time.Second)}
+	reply := func(err error) error {
+		v := verdict{OK: err == nil}
+		if err != nil {
+			v.Error = err.Error()
+		}
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if werr := writeMsg(conn, verdictMagic, v); werr != nil && err == nil {
+			return fmt.Errorf("tell the source: %w", werr)
+		}
+		return err
+	}
+	magic := make([]byte, len(preambleMagic))
+	if _, err := io.ReadFull(r, magic); err != nil {
+		return fmt.Errorf("read the pre-flight description: %w", err)
+	}
+	if string(magic) != preambleMagic {
+		return fmt.Errorf("the source sent %q, not a pre-flight description (cpr-transfer needs x-preflight)", magic)
+	}
+	var src machineDesc
+	if err := readMsgBody(r, &src); err != nil {
+		return fmt.Errorf("pre-flight description: %w", err)
+	}
+	here := describeMachine(g.cfg.MachineType, m.Memory().Blocks(), reg)
+	if err := checkCompatible(src, here); err != nil {
+		return reply(fmt.Errorf("incompatible source: %w", err))
+	}
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := writeMsg(conn, verdictMagic, verdict{OK: true}); err != nil {
+		return fmt.Errorf("pre-flight answer: %w", err)
+	}
+	// The source stops its guest now; from here every millisecond counts.
+	// The pre-flight wait has no deadline: the source may wait in
+	// pre-switchover.
+	conn.SetReadDeadline(time.Time{})
+	r = deadlineReader{conn: conn, timeout: 0}
+	counter := &countingReader{r: r}
+	res, err := vmstate.Load(counter, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: nil, Registry: reg})
+	if err != nil {
+		return reply(err)
+	}
+	var tm phaseTimer
+	tm.start()
+	st, err := host.state()
+	if err != nil {
+		return reply(err)
+	}
+	if err := m.RestoreCPUState(st); err != nil {
+		return reply(err)
+	}
+	tm.mark("cpu")
+	if err := activateDisks(disks(m)); err != nil {
+		return reply(err)
+	}
+	tm.mark("disks")
+	g.mu.Lock()
+	g.ram = RAMInfo{Total: int64(m.Memory().Size())}
+	g.mu.Unlock()
+	if err := reply(nil); err != nil {
+		return err
+	}
+	tm.mark("reply")
+	for _, d := range m.Devices() {
+		if inst := instanceOf(d); inst != nil {
+			inst.ReleaseEvents()
+		}
+	}
+	err = g.enterLoadedState(st.RunState)
+	tm.mark("resume")
+	g.log.Info("incoming cpr-transfer switchover", "stream_bytes", res.Bytes, "phases", tm.String())
+	return err
+}
