@@ -1,0 +1,392 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
+
+	"wasmvmm/testsuite/dirtycheck"
+	"wasmvmm/testsuite/guest"
+	"wasmvmm/testsuite/harness"
+)
+
+// cpr-transfer end to end: real wasmvmm processes, real KVM, the test guest
+// with its dirtier and device checks, a tap with an echo peer, a raw disk.
+
+// tapEcho answers the guest's net_test frames on the host side of a tap
+// (an AF_PACKET socket on the interface the VMM created).
+type tapEcho struct {
+	fd     int
+	echoed atomic.Int64
+}
+
+// newTapEcho waits for the tap ifname to exist, brings it up and echoes
+// net_test frames until the test ends.
+func newTapEcho(t *testing.T, ifname string) *tapEcho {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat("/sys/class/net/" + ifname); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tap %s does not appear", ifname)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	os.WriteFile("/proc/sys/net/ipv6/conf/"+ifname+"/disable_ipv6", []byte("1"), 0o644)
+	if out, err := exec.Command("ip", "link", "set", ifname, "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set %s up: %v %s", ifname, err, out)
+	}
+	idx, err := ifIndex(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto := htons(guest.EchoEthertype)
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: idx}); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	e := &tapEcho{fd: fd}
+	t.Cleanup(func() { unix.Close(fd) })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				return
+			}
+			ll, ok := from.(*unix.SockaddrLinklayer)
+			if !ok || ll.Pkttype == unix.PACKET_OUTGOING || n < 14 {
+				continue
+			}
+			r := guest.EchoReply(buf[:n])
+			to := &unix.SockaddrLinklayer{Protocol: proto, Ifindex: idx, Halen: 6}
+			copy(to.Addr[:], r[0:6])
+			if unix.Sendto(fd, r, 0, to) == nil {
+				e.echoed.Add(1)
+			}
+		}
+	}()
+	return e
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func ifIndex(name string) (int, error) {
+	b, err := os.ReadFile("/sys/class/net/" + name + "/ifindex")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// fdTarget finds the descriptor of pid whose link starts with prefix and
+// returns its path under /proc.
+func fdTarget(t *testing.T, pid int, prefix string) string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		l, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err == nil && strings.HasPrefix(l, prefix) {
+			return filepath.Join(dir, e.Name())
+		}
+	}
+	t.Fatalf("pid %d has no descriptor %s*", pid, prefix)
+	return ""
+}
+
+// inodeOf stats what a /proc fd link points to.
+func inodeOf(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// tapIn reports whether pid holds a descriptor attached to tap ifname.
+func tapIn(pid int, ifname string) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if l, _ := os.Readlink(filepath.Join(dir, e.Name())); l != "/dev/net/tun" {
+			continue
+		}
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if strings.Contains(string(info), "iff:\t"+ifname+"\n") {
+			return true
+		}
+	}
+	return false
+}
+
+// cprSetup is a source process with every device, ready to hand over.
+type cprSetup struct {
+	b          harness.Build
+	dir, cfg   string
+	img, tap   string
+	src        *harness.VM
+	srcSock    string
+	mon        *qmp.SocketMonitor
+	events     <-chan qmp.Event
+	echo       *tapEcho
+	screenW    int
+	screenH    int
+	cancelEvts context.CancelFunc
+}
+
+const cprCmdline = " dirty_rate_mb=64 blk_test=1 net_test=1 gpu_test=1 dev_every=2"
+
+func newCPRSetup(t *testing.T) *cprSetup {
+	t.Helper()
+	harness.RequireKVM(t)
+	_, err := exec.LookPath("ip")
+	harness.Require(t, err == nil && os.Geteuid() == 0, "cpr-transfer tests need root and iproute2 for a tap")
+	s := &cprSetup{b: harness.Artifacts(t), dir: t.TempDir()}
+	s.img = scratchImage(t, 16<<20)
+	s.tap = fmt.Sprintf("wvcpr%d", os.Getpid()%100000)
+	extra := diskExtra(s.img) + fmt.Sprintf("\n[[device]]\nid = \"net0\"\nbackends = { net = %q }\n", "tap:"+s.tap)
+	s.cfg = writeConfig(t, s.dir, s.b.Guest, dirtier+cprCmdline, extra)
+	s.srcSock = filepath.Join(s.dir, "src.qmp")
+	s.src = harness.Start(t, s.b, s.dir, "run", s.cfg, "--share-memory", "--qmp", s.srcSock)
+	s.echo = newTapEcho(t, s.tap)
+	s.src.WaitSerial(t, "DEV OK pass=2\n", 60*time.Second)
+	for _, m := range []string{"BLK OK", "NET OK", "GPU OK"} {
+		if !strings.Contains(s.src.SerialText(), m) {
+			t.Fatalf("source guest: no %q:\n%s", m, s.src.SerialText())
+		}
+	}
+	m := regexp.MustCompile(`GPU OK (\d+)x(\d+)`).FindStringSubmatch(s.src.SerialText())
+	s.screenW, _ = strconv.Atoi(m[1])
+	s.screenH, _ = strconv.Atoi(m[2])
+	s.mon = qmpClient(t, s.srcSock)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s.events = drainEvents(t, ctx, s.mon)
+	s.run(t, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}`)
+	s.run(t, `{"execute":"migrate-set-parameters","arguments":{"mode":"cpr-transfer"}}`)
+	return s
+}
+
+func (s *cprSetup) run(t *testing.T, cmd string) ([]byte, error) {
+	t.Helper()
+	return s.mon.Run([]byte(cmd))
+}
+
+func (s *cprSetup) mustRun(t *testing.T, cmd string) {
+	t.Helper()
+	if out, err := s.run(t, cmd); err != nil {
+		t.Fatalf("%s: %v %s", cmd, err, out)
+	}
+}
+
+func unixChannel(typ, path string) string {
+	return fmt.Sprintf(`{"channel-type":%q,"addr":{"transport":"socket","type":"unix","path":%q}}`, typ, path)
+}
+
+// migrateCmd is QMP migrate with a main and a cpr channel.
+func migrateCmd(mainPath, cprPath string) string {
+	return `{"execute":"migrate","arguments":{"channels":[` + unixChannel("main", mainPath) + "," + unixChannel("cpr", cprPath) + `]}}`
+}
+
+// startDest starts a new process waiting for a cpr-transfer.
+func (s *cprSetup) startDest(t *testing.T, name string, extra ...string) (vm *harness.VM, mainSock, cprSock, qmpSock string) {
+	t.Helper()
+	mainSock, cprSock, qmpSock = filepath.Join(s.dir, name+"-main.sock"), filepath.Join(s.dir, name+"-cpr.sock"), filepath.Join(s.dir, name+".qmp")
+	args := append([]string{"run", s.cfg, "--incoming", "unix:" + mainSock, "--incoming", "cpr,unix:" + cprSock, "--qmp", qmpSock}, extra...)
+	vm = harness.Start(t, s.b, s.dir, args...)
+	waitSocket(t, cprSock)
+	return vm, mainSock, cprSock, qmpSock
+}
+
+func waitSocket(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not appear", path)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// screendump saves the display of mon and returns its pixels.
+func screendump(t *testing.T, mon *qmp.SocketMonitor, path string) []byte {
+	t.Helper()
+	if out, err := mon.Run([]byte(`{"execute":"screendump","arguments":{"filename":"` + path + `","format":"ppm"}}`)); err != nil {
+		t.Fatalf("screendump: %v %s", err, out)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// memfdPattern checks the dirtier's range through the memfd of pid's
+// low RAM block.
+func memfdPattern(t *testing.T, pid int) dirtycheck.Pattern {
+	t.Helper()
+	f, err := os.Open(fdTarget(t, pid, "/memfd:wasmvmm:ram-low"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p, err := dirtycheck.Check(f, dirtyStart, dirtyEnd)
+	if err != nil {
+		t.Fatalf("dirtier pattern in pid %d's RAM: %v", pid, err)
+	}
+	return p
+}
+
+// checkSourceRuns: the source is running, its guest goes on dirtying and
+// checking its devices, and it still owns its disk and its tap.
+func (s *cprSetup) checkSourceRuns(t *testing.T) {
+	t.Helper()
+	if st := status(t, s.mon); st != "running" {
+		t.Fatalf("source status %s after a failed cpr-transfer", st)
+	}
+	text := s.src.SerialText()
+	n := strings.Count(text, "DEV OK pass=")
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(s.src.SerialText(), "DEV OK pass=") < n+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the source guest stopped checking its devices:\n%s", s.src.SerialText()[len(text):])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(s.src.SerialText(), "FAIL") {
+		t.Fatalf("a device check failed on the source:\n%s", s.src.SerialText())
+	}
+	if holder := ownerRefused(t, s.img); !strings.Contains(holder, fmt.Sprint(s.src.Cmd.Process.Pid)) {
+		t.Fatalf("the source does not own its disk: %s", holder)
+	}
+	if !tapIn(s.src.Cmd.Process.Pid, s.tap) {
+		t.Fatal("the source lost its tap")
+	}
+}
+
+// TestCPRTransferToANewProcess hands a running guest with every device to
+// a new wasmvmm process: no RAM moves (the destination maps the source's
+// memfd, same inode), the dirtier goes on exactly, frames keep flowing
+// through the same tap, the disk lock passes to the new process, the
+// display is identical, and the old process quits cleanly.
+func TestCPRTransferToANewProcess(t *testing.T) {
+	s := newCPRSetup(t)
+	before := screendump(t, s.mon, filepath.Join(s.dir, "before.ppm"))
+	dst, mainSock, cprSock, dstQMP := s.startDest(t, "dst")
+	if st := status(t, s.mon); st != "running" {
+		t.Fatalf("source %s while the destination waits", st)
+	}
+	s.mustRun(t, migrateCmd(mainSock, cprSock))
+	ret := waitMigrationStatus(t, s.mon, "completed", "failed", "cancelled")
+	if ret["status"] != "completed" {
+		t.Fatalf("cpr-transfer %v: %v", ret["status"], ret["error-desc"])
+	}
+	expectMigrationEvent(t, s.events, "completed")
+	t.Logf("source query-migrate: %v", ret)
+	ram, _ := ret["ram"].(map[string]any)
+	for _, k := range []string{"normal", "normal-bytes", "duplicate", "transferred"} {
+		if v, _ := ram[k].(float64); v != 0 {
+			t.Fatalf("query-migrate ram.%s = %v: RAM was sent", k, v)
+		}
+	}
+	if st := status(t, s.mon); st != "postmigrate" {
+		t.Fatalf("source %s after cpr-transfer, want postmigrate", st)
+	}
+	srcPID, dstPID := s.src.Cmd.Process.Pid, dst.Cmd.Process.Pid
+	for _, blk := range []string{"/memfd:wasmvmm:ram-low"} {
+		a, b := inodeOf(t, fdTarget(t, srcPID, blk)), inodeOf(t, fdTarget(t, dstPID, blk))
+		if a != b {
+			t.Fatalf("%s: inode %d in the source, %d in the destination", blk, a, b)
+		}
+		t.Logf("%s: the same memfd (inode %d) in both processes", blk, a)
+	}
+	if !tapIn(dstPID, s.tap) {
+		t.Fatal("the destination does not hold the tap")
+	}
+	if tapIn(srcPID, s.tap) {
+		t.Fatal("the source still holds the tap after handing it over")
+	}
+	if holder := ownerRefused(t, s.img); !strings.Contains(holder, fmt.Sprint(dstPID)) {
+		t.Fatalf("the disk is not the destination's: %s", holder)
+	}
+	dmon := qmpClient(t, dstQMP)
+	// The guest goes on where it was: the next pass and the next device
+	// checks (disk pattern, frames through the tap, display) on the new
+	// process.
+	srcText := s.src.SerialText()
+	last := passes(srcText)
+	echoed := s.echo.echoed.Load()
+	dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+1), 30*time.Second)
+	lastDev := strings.Count(srcText, "DEV OK pass=")
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(dst.SerialText(), "DEV OK pass=") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the destination's device checks do not pass:\n%s", dst.SerialText())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(dst.SerialText(), "FAIL") || strings.Contains(dst.SerialText(), "PANIC") {
+		t.Fatalf("the guest failed on the destination:\n%s", dst.SerialText())
+	}
+	if s.echo.echoed.Load() <= echoed {
+		t.Fatal("no frame went through the tap after the hand-over")
+	}
+	if st := status(t, dmon); st != "running" {
+		t.Fatalf("destination %s", st)
+	}
+	after := screendump(t, dmon, filepath.Join(s.dir, "after.ppm"))
+	if string(before) != string(after) {
+		t.Fatal("the display differs after the hand-over")
+	}
+	// Exact memory: stop the guest and read the dirtier's range through
+	// the shared memfd.
+	if out, err := dmon.Run([]byte(`{"execute":"stop"}`)); err != nil {
+		t.Fatalf("stop: %v %s", err, out)
+	}
+	p := memfdPattern(t, dstPID)
+	t.Logf("after the hand-over: %d DEV OK on the source, %d on the destination; %d echoes; pattern %+v",
+		lastDev, strings.Count(dst.SerialText(), "DEV OK pass="), s.echo.echoed.Load(), p)
+	dret := queryMigrate(t, dmon)
+	if dret["status"] != "completed" {
+		t.Fatalf("destination query-migrate: %v", dret)
+	}
+	// The source quits cleanly.
+	s.mustRun(t, `{"execute":"quit"}`)
+	if code := s.src.Wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("source exit status %d:\n%s", code, s.src.Stderr.String())
+	}
+	if holder := ownerRefused(t, s.img); !strings.Contains(holder, fmt.Sprint(dstPID)) {
+		t.Fatalf("after the source quit the disk is not the destination's: %s", holder)
+	}
+	if out, err := dmon.Run([]byte(`{"execute":"cont"}`)); err != nil {
+		t.Fatalf("cont: %v %s", err, out)
+	}
+	n := passes(dst.SerialText())
+	dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+n+1), 30*time.Second)
+}
