@@ -178,7 +178,9 @@ func (m *Machine) Close() error { return m.M.Close() }
 const ScratchDiskSize = 1 << 20
 
 // NewMachine builds machine type mt with the plugins of o.Set. The machine
-// boots nothing: it is for device state (vCPUs are created, never run).
+// boots nothing: it is for device state (vCPUs are created, never run). A
+// machine that is not Incoming is started paused; an Incoming one waits
+// for StartIncoming (LoadFile and Migrate call it).
 func (e *Env) NewMachine(ctx context.Context, mt *config.MachineType, o MachineOptions) (*Machine, error) {
 	if err := e.CheckMachineType(ctx, mt, o.Set); err != nil {
 		return nil, err
@@ -250,6 +252,13 @@ func (e *Env) NewMachine(ctx context.Context, mt *config.MachineType, o MachineO
 	})
 	if err != nil {
 		return nil, fmt.Errorf("machine type %s with plugin set %s: %w", mt.Name, o.Set.Name, err)
+	}
+	if !o.Incoming {
+		// vCPU threads parked (QEMU's -S): a migration can stop them.
+		if err := m.Start(true); err != nil {
+			m.Close()
+			return nil, err
+		}
 	}
 	return &Machine{M: m, Type: mt, Set: o.Set, Migration: migReg}, nil
 }
