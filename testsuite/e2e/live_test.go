@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 
 	"wasmvmm/abi"
 	"wasmvmm/host/blockdev"
@@ -225,7 +226,8 @@ func ownerRefused(t *testing.T, img string) string {
 }
 
 // TestLiveMigrationBetweenProcessesWithTheCLI migrates a running guest with
-// a disk from one wasmvmm process to another with `wasmvmm migrate`; the
+// a disk from one wasmvmm process to another (--incoming defer, then QMP
+// migrate-incoming with QEMU's channels JSON) with `wasmvmm migrate`; the
 // disk's lock moves from the source's pid to the destination's.
 func TestLiveMigrationBetweenProcessesWithTheCLI(t *testing.T) {
 	harness.RequireKVM(t)
@@ -236,10 +238,20 @@ func TestLiveMigrationBetweenProcessesWithTheCLI(t *testing.T) {
 	srcSock, dstSock, migSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "dst.sock"), filepath.Join(dir, "mig.sock")
 	src := harness.Start(t, b, dir, "run", cfg, "--qmp", srcSock)
 	src.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
-	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "unix:"+migSock, "--qmp", dstSock)
+	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "defer", "--qmp", dstSock)
 	dmon := qmpClient(t, dstSock)
 	if s := status(t, dmon); s != "inmigrate" {
 		t.Fatalf("destination status %s", s)
+	}
+	in := `{"execute":"migrate-incoming","arguments":{"channels":[{"channel-type":"main","addr":{"transport":"socket","type":"unix","path":"` + migSock + `"}}]}}`
+	if out, err := dmon.Run([]byte(in)); err != nil {
+		t.Fatalf("migrate-incoming: %v %s", err, out)
+	}
+	if ret := queryMigrate(t, dmon); ret["status"] != "setup" {
+		t.Fatalf("destination waiting: %v", ret)
+	}
+	if out, err := dmon.Run([]byte(in)); err == nil {
+		t.Fatalf("a second migrate-incoming was accepted: %s", out)
 	}
 	if !strings.Contains(ownerRefused(t, img), fmt.Sprint(src.Cmd.Process.Pid)) {
 		t.Fatal("before migration the source does not own the disk")
@@ -996,5 +1008,54 @@ func TestLiveMigrationOverTCPAcrossNamespaces(t *testing.T) {
 	}
 	if passes(back.SerialText()) != 0 {
 		t.Fatal("the receiver ran the guest")
+	}
+}
+
+// TestLiveMigrationPlainQEMUFramingAndFD: with x-preflight off the socket
+// carries only the QEMU stream (no pre-flight, no verdict) and the
+// destination recognises it; the channel is an inherited socket pair
+// ("fd:N" on both sides).
+func TestLiveMigrationPlainQEMUFramingAndFD(t *testing.T) {
+	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier + " dirty_rate_mb=64"})
+	src.M.Start(false)
+	waitPasses(t, src, 1)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// fd:N hands the descriptors over: the migration closes them.
+	dip := harness.NewMachine(t, harness.MachineOptions{NoBoot: true, Incoming: true})
+	dip.M.SetAutostart(false)
+	dip.M.StartIncoming()
+	dg := migrator(dip)
+	res, err := dg.ListenIncoming(context.Background(), migration.Channel{Type: "main", Transport: "fd", FD: fmt.Sprint(fds[1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := liveMigrator(t, src)
+	if err := g.SetCapabilities([]migration.CapabilityState{{Capability: "x-preflight", State: false}}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := migration.ParseURI(fmt.Sprintf("fd:%d", fds[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(ch); err != nil {
+		t.Fatal(err)
+	}
+	info := waitStatus(t, g)
+	if info.Status != migration.StatusCompleted {
+		t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+	}
+	if err := <-res; err != nil {
+		t.Fatal(err)
+	}
+	// Without the fresh-destination hint every page is sent.
+	if info.RAM.Normal+info.RAM.Duplicate < int64(src.M.Memory().Size()/4096) {
+		t.Fatalf("plain framing sent %d+%d pages of %d", info.RAM.Normal, info.RAM.Duplicate, src.M.Memory().Size()/4096)
+	}
+	sameRAM(t, src.M, dip.M)
+	if _, err := dirtycheck.Check(dip.M.Memory(), dirtyStart, dirtyEnd); err != nil {
+		t.Fatal(err)
 	}
 }
