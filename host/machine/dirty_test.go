@@ -1,7 +1,6 @@
 package machine
 
 import (
-	"math/bits"
 	"testing"
 	"time"
 
@@ -14,16 +13,6 @@ func dirtyBitmaps(m *Machine) [][]uint64 {
 		out = append(out, make([]uint64, kvm.DirtyBitmapWords(b.Size())))
 	}
 	return out
-}
-
-func count(bms [][]uint64) int {
-	n := 0
-	for _, bm := range bms {
-		for _, w := range bm {
-			n += bits.OnesCount64(w)
-		}
-	}
-	return n
 }
 
 // TestSyncDirtyMergesGuestAndHostWrites: the dirtier's pages (guest writes,
