@@ -195,7 +195,7 @@ func driveVirtio(m *Machine, s machine.DeviceSpec, index, nq, txq int) error {
 			for i := range frame[12:] {
 				frame[12+i] = byte(i)
 			}
-			frame[12] = 0xff // broadcast destination
+			frame[12] = 0xff                  // broadcast destination
 			avail := []byte{0, 0, 1, 0, 0, 0} // flags, idx 1, ring[0] = 0
 			for _, c := range []struct {
 				gpa uint64
