@@ -135,13 +135,22 @@ type Listener struct {
 }
 
 // Listen listens on a unix socket at path (a stale socket file there is
-// replaced).
+// replaced). The socket is bound under a temporary name and renamed into
+// place once it listens, so a source that sees path can connect.
 func Listen(path string) (*Listener, error) {
 	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
 		os.Remove(path)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
+		return nil, fmt.Errorf("cpr channel unix:%s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("cpr channel unix:%s: %w", path, err)
 	}
 	return &Listener{ln: ln, path: path}, nil
@@ -153,6 +162,7 @@ func (l *Listener) Close() error {
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
+	os.Remove(l.path)
 	return err
 }
 

@@ -86,6 +86,15 @@ func newTapEcho(t *testing.T, ifname string) *tapEcho {
 	return e
 }
 
+// cprLogLevel is the wasmvmm log level of these tests (CPR_LOG=info shows
+// the switchover phases).
+func cprLogLevel() string {
+	if l := os.Getenv("CPR_LOG"); l != "" {
+		return l
+	}
+	return "warn"
+}
+
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func ifIndex(name string) (int, error) {
@@ -169,7 +178,7 @@ func newCPRSetup(t *testing.T) *cprSetup {
 	extra := diskExtra(s.img) + fmt.Sprintf("\n[[device]]\nid = \"net0\"\nbackends = { net = %q }\n", "tap:"+s.tap)
 	s.cfg = writeConfig(t, s.dir, s.b.Guest, dirtier+cprCmdline, extra)
 	s.srcSock = filepath.Join(s.dir, "src.qmp")
-	s.src = harness.Start(t, s.b, s.dir, "run", s.cfg, "--share-memory", "--qmp", s.srcSock)
+	s.src = harness.Start(t, s.b, s.dir, "run", s.cfg, "--share-memory", "--qmp", s.srcSock, "--log-level", cprLogLevel())
 	s.echo = newTapEcho(t, s.tap)
 	s.src.WaitSerial(t, "DEV OK pass=2\n", 60*time.Second)
 	for _, m := range []string{"BLK OK", "NET OK", "GPU OK"} {
@@ -214,7 +223,7 @@ func migrateCmd(mainPath, cprPath string) string {
 func (s *cprSetup) startDest(t *testing.T, name string, extra ...string) (vm *harness.VM, mainSock, cprSock, qmpSock string) {
 	t.Helper()
 	mainSock, cprSock, qmpSock = filepath.Join(s.dir, name+"-main.sock"), filepath.Join(s.dir, name+"-cpr.sock"), filepath.Join(s.dir, name+".qmp")
-	args := append([]string{"run", s.cfg, "--incoming", "unix:" + mainSock, "--incoming", "cpr,unix:" + cprSock, "--qmp", qmpSock}, extra...)
+	args := append([]string{"run", s.cfg, "--incoming", "unix:" + mainSock, "--incoming", "cpr,unix:" + cprSock, "--qmp", qmpSock, "--log-level", cprLogLevel()}, extra...)
 	vm = harness.Start(t, s.b, s.dir, args...)
 	waitSocket(t, cprSock)
 	return vm, mainSock, cprSock, qmpSock
@@ -384,9 +393,232 @@ func TestCPRTransferToANewProcess(t *testing.T) {
 	if holder := ownerRefused(t, s.img); !strings.Contains(holder, fmt.Sprint(dstPID)) {
 		t.Fatalf("after the source quit the disk is not the destination's: %s", holder)
 	}
+	if os.Getenv("CPR_LOG") != "" {
+		t.Logf("source log:\n%s\ndestination log:\n%s", s.src.Stderr.String(), dst.Stderr.String())
+	}
 	if out, err := dmon.Run([]byte(`{"execute":"cont"}`)); err != nil {
 		t.Fatalf("cont: %v %s", err, out)
 	}
 	n := passes(dst.SerialText())
 	dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+n+1), 30*time.Second)
+}
+
+// expectNoStop fails if the source's guest was stopped since the events
+// were last drained (a refusal must come before the pause).
+func expectNoStop(t *testing.T, events <-chan qmp.Event) {
+	t.Helper()
+	for {
+		select {
+		case e := <-events:
+			if e.Event == "STOP" {
+				t.Fatal("the source stopped its guest for a cpr-transfer that was refused")
+			}
+		default:
+			return
+		}
+	}
+}
+
+// drain discards buffered events.
+func drain(events <-chan qmp.Event) {
+	for {
+		select {
+		case <-events:
+		default:
+			return
+		}
+	}
+}
+
+// failAndCheck waits for the migration to end with status want, logs why,
+// and checks the source is whole.
+func (s *cprSetup) failAndCheck(t *testing.T, want, errPart string) {
+	t.Helper()
+	ret := waitMigrationStatus(t, s.mon, "completed", "failed", "cancelled")
+	if ret["status"] != want {
+		t.Fatalf("cpr-transfer ended %v (%v), want %s", ret["status"], ret["error-desc"], want)
+	}
+	desc, _ := ret["error-desc"].(string)
+	if want == "failed" && !strings.Contains(desc, errPart) {
+		t.Fatalf("error-desc %q does not say %q", desc, errPart)
+	}
+	t.Logf("%s: %s", want, desc)
+	s.checkSourceRuns(t)
+}
+
+// fakeCPRDest listens on a cpr socket and, once a source connects, runs
+// behave with the connection.
+func fakeCPRDest(t *testing.T, path string, behave func(c *os.File)) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 1); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd); os.Remove(path) })
+	go func() {
+		nfd, _, err := unix.Accept(fd)
+		if err != nil {
+			return
+		}
+		f := os.NewFile(uintptr(nfd), "cpr-conn")
+		defer f.Close()
+		behave(f)
+	}()
+}
+
+// TestCPRTransferFailuresKeepTheSource: every way a cpr-transfer can fail
+// leaves the guest running in the source with its RAM, its descriptors and
+// its disk; refusals that need no destination come before the guest stops.
+func TestCPRTransferFailuresKeepTheSource(t *testing.T) {
+	s := newCPRSetup(t)
+	mig := filepath.Join(s.dir, "nobody-main.sock")
+	t.Run("refused-before-the-pause", func(t *testing.T) {
+		drain(s.events)
+		for _, c := range []struct{ cmd, want string }{
+			{`{"execute":"migrate","arguments":{"uri":"unix:` + mig + `"}}`, "cpr channel"},
+			{`{"execute":"migrate","arguments":{"channels":[` + unixChannel("main", mig) + `]}}`, "cpr channel"},
+			{`{"execute":"migrate","arguments":{"channels":[` + unixChannel("main", mig) + `,{"channel-type":"cpr","addr":{"transport":"socket","type":"inet","host":"127.0.0.1","port":"4446"}}]}}`, "must be a unix socket"},
+		} {
+			out, err := s.run(t, c.cmd)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("%s: accepted or wrong reason (%v %s), want %q", c.cmd, err, out, c.want)
+			}
+			t.Logf("refused: %v", err)
+		}
+		s.mustRun(t, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"multifd","state":true}]}}`)
+		if _, err := s.run(t, migrateCmd(mig, filepath.Join(s.dir, "x.sock"))); err == nil || !strings.Contains(err.Error(), "multifd") {
+			t.Fatalf("multifd with cpr-transfer: %v", err)
+		}
+		s.mustRun(t, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"multifd","state":false}]}}`)
+		expectNoStop(t, s.events)
+		s.checkSourceRuns(t)
+	})
+	t.Run("wrong-cpr-socket-path", func(t *testing.T) {
+		drain(s.events)
+		s.mustRun(t, migrateCmd(mig, filepath.Join(s.dir, "no-such-dir", "cpr.sock")))
+		s.failAndCheck(t, "failed", "no-such-dir")
+		expectNoStop(t, s.events)
+	})
+	t.Run("destination-dies-while-reading-the-cpr-state", func(t *testing.T) {
+		drain(s.events)
+		cprSock := filepath.Join(s.dir, "dies-reading.sock")
+		fakeCPRDest(t, cprSock, func(c *os.File) {
+			b := make([]byte, 9)
+			c.Read(b) // magic, version, one list byte: then it dies
+		})
+		s.mustRun(t, migrateCmd(mig, cprSock))
+		s.failAndCheck(t, "failed", "")
+		expectNoStop(t, s.events)
+	})
+	t.Run("destination-dies-after-reading-the-cpr-state", func(t *testing.T) {
+		drain(s.events)
+		cprSock := filepath.Join(s.dir, "dies-after.sock")
+		got := make(chan int, 1)
+		fakeCPRDest(t, cprSock, func(c *os.File) {
+			n := 0
+			buf := make([]byte, 4096)
+			oob := make([]byte, unix.CmsgSpace(4*16))
+			for {
+				k, oobn, _, _, err := unix.Recvmsg(int(c.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+				if k <= 0 || err != nil {
+					break
+				}
+				if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+					for _, m := range msgs {
+						fds, _ := unix.ParseUnixRights(&m)
+						for _, fd := range fds {
+							unix.Close(fd)
+							n++
+						}
+					}
+				}
+			}
+			got <- n // read it all, then dies without listening on main
+		})
+		s.mustRun(t, migrateCmd(mig, cprSock))
+		s.failAndCheck(t, "failed", "does not listen on the main channel")
+		if n := <-got; n < 3 {
+			t.Fatalf("the fake destination received %d descriptors, want RAM, tap and disk", n)
+		}
+		expectNoStop(t, s.events)
+	})
+	t.Run("migrate-cancel-before-the-main-channel", func(t *testing.T) {
+		drain(s.events)
+		cprSock := filepath.Join(s.dir, "never-hangs-up.sock")
+		release := make(chan struct{})
+		defer close(release)
+		fakeCPRDest(t, cprSock, func(c *os.File) { <-release })
+		s.mustRun(t, migrateCmd(mig, cprSock))
+		waitMigrationStatus(t, s.mon, "setup")
+		time.Sleep(100 * time.Millisecond)
+		s.mustRun(t, `{"execute":"migrate_cancel"}`)
+		s.failAndCheck(t, "cancelled", "")
+		expectNoStop(t, s.events)
+	})
+	t.Run("incompatible-destination-refuses-in-pre-flight", func(t *testing.T) {
+		drain(s.events)
+		dst, mainSock, cprSock, _ := s.startDest(t, "old", "--machine", "wasmvmm-virt-1.1")
+		s.mustRun(t, migrateCmd(mainSock, cprSock))
+		s.failAndCheck(t, "failed", "refused")
+		expectNoStop(t, s.events)
+		dst.Wait(t, 20*time.Second)
+	})
+	t.Run("destination-dies-during-the-main-channel", func(t *testing.T) {
+		drain(s.events)
+		dst, mainSock, cprSock, _ := s.startDest(t, "dies-main")
+		s.mustRun(t, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"pause-before-switchover","state":true}]}}`)
+		defer s.mustRun(t, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"pause-before-switchover","state":false}]}}`)
+		s.mustRun(t, migrateCmd(mainSock, cprSock))
+		waitMigrationStatus(t, s.mon, "pre-switchover")
+		if st := status(t, s.mon); st != "finish-migrate" {
+			t.Fatalf("source %s in pre-switchover", st)
+		}
+		dst.Cmd.Process.Kill()
+		dst.Wait(t, 10*time.Second)
+		s.mustRun(t, `{"execute":"migrate-continue","arguments":{"state":"pre-switchover"}}`)
+		s.failAndCheck(t, "failed", "")
+	})
+	// RAM intact: the dirtier's pattern in the source's memfd is exact.
+	s.mustRun(t, `{"execute":"stop"}`)
+	p := memfdPattern(t, s.src.Cmd.Process.Pid)
+	s.mustRun(t, `{"execute":"cont"}`)
+	t.Logf("source pattern after every failure: %+v", p)
+	s.checkSourceRuns(t)
+}
+
+// TestCPRTransferNeedsSharedRAM: without --share-memory the RAM blocks
+// block mode cpr-transfer (named, with the reason) and only that mode.
+func TestCPRTransferNeedsSharedRAM(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, b.Guest, dirtier, "")
+	sock := filepath.Join(dir, "qmp.sock")
+	vm := harness.Start(t, b, dir, "run", cfg, "--qmp", sock)
+	vm.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
+	mon := qmpClient(t, sock)
+	if r := queryMigrate(t, mon); r["blocked-reasons"] != nil {
+		t.Fatalf("mode normal is blocked: %v", r["blocked-reasons"])
+	}
+	if out, err := mon.Run([]byte(`{"execute":"migrate-set-parameters","arguments":{"mode":"cpr-transfer"}}`)); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	r := queryMigrate(t, mon)
+	reasons := fmt.Sprint(r["blocked-reasons"])
+	if !strings.Contains(reasons, "RAM block ram-low") || !strings.Contains(reasons, "memfd") {
+		t.Fatalf("blocked-reasons in mode cpr-transfer: %v", reasons)
+	}
+	_, err := mon.Run([]byte(migrateCmd(filepath.Join(dir, "m.sock"), filepath.Join(dir, "c.sock"))))
+	if err == nil || !strings.Contains(err.Error(), "RAM block ram-low") {
+		t.Fatalf("migrate with anonymous RAM: %v", err)
+	}
+	if st := status(t, mon); st != "running" {
+		t.Fatalf("status %s", st)
+	}
 }
