@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"wasmvmm/host/compat"
+	"wasmvmm/host/machine/config"
+	"wasmvmm/host/plugin"
 )
 
 // cmdCompatCheck compares two dump-vmstate files with the semantics of
@@ -61,4 +65,73 @@ func cmdCompatCheck(args []string, stdout, stderr io.Writer) int {
 		return compat.MaxStatus
 	}
 	return rep.Status
+}
+
+// checkMachineType refuses, before a VM starts, a machine type that names
+// a device type, property or compat entry its plugins do not declare.
+func checkMachineType(ctx context.Context, rt *plugin.Runtime, mt *config.MachineType, pluginDir string) error {
+	env := &compat.Env{Runtime: rt, PluginDirs: []string{pluginDir}}
+	return env.CheckMachineType(ctx, mt, compat.PluginSet{Name: "this build"})
+}
+
+// cmdCompatMatrix runs the compatibility matrix and writes its reports.
+func cmdCompatMatrix(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("compat-matrix", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", ".", "directory for matrix.md and matrix.html")
+	machinesDir := fs.String("machines", "", "read machine types from this directory instead of the built-in ones")
+	pluginDir := fs.String("plugins", "", "directory of the .wasm plugins (every release's plugins)")
+	var only multiFlag
+	fs.Var(&only, "machine", "run only this machine type (repeatable)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: wasmvmm compat-matrix [--out DIR] [--machine NAME]...")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return 2
+	}
+	ctx := context.Background()
+	env, cleanup, err := newCompatEnv(ctx, *pluginDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	defer cleanup()
+	catalog, err := loadCatalog(*machinesDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	o := compat.MatrixOptions{Catalog: catalog, Progress: func(c *compat.Cell) {
+		fmt.Fprintf(stderr, "%-18s %s -> %s  static %s / %s  migrate %s / %s  (%.0f ms)\n", c.Machine, c.Src, c.Dst,
+			c.Static.Outcome, c.StaticBack.Outcome, c.Forward.Outcome, c.Backward.Outcome, c.Elapsed.Seconds()*1000)
+	}}
+	for _, name := range only {
+		mt, err := catalog.Get(name)
+		if err != nil {
+			fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+			return 1
+		}
+		o.Machines = append(o.Machines, mt)
+	}
+	mx, err := env.RunMatrix(ctx, o)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: compat-matrix: %v\n", err)
+		return 1
+	}
+	if err := mx.WriteReports(*out); err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	counts := mx.Counts()
+	fmt.Fprintf(stdout, "%d cells in %.1f s: %d green, %d red-expected, %d red, %d unexpected green, %d skipped; reports: %s\n",
+		len(mx.Cells), mx.Elapsed.Seconds(), counts[compat.Green], counts[compat.RedExpected], counts[compat.Red],
+		counts[compat.Unexpected], counts[compat.Skipped], filepath.Join(*out, "matrix.{md,html}"))
+	if u := mx.Unexpected(); len(u) > 0 {
+		for _, s := range u {
+			fmt.Fprintf(stderr, "unexpected: %s\n", s)
+		}
+		return 1
+	}
+	return 0
 }

@@ -9,6 +9,7 @@
 //	wasmvmm machines                  list the machine types
 //	wasmvmm dump-vmstate --machine NAME FILE   every section schema of a machine type
 //	wasmvmm compat-check SRC.json DST.json     what breaks migrating from SRC to DST
+//	wasmvmm compat-matrix [--out DIR]          every machine type x release x release, checked and migrated
 //	wasmvmm version
 //
 // run and demo take the same flags; see `wasmvmm run -h`.
@@ -50,6 +51,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdDumpVMState(rest, stdout, stderr)
 	case "compat-check":
 		return cmdCompatCheck(rest, stdout, stderr)
+	case "compat-matrix":
+		return cmdCompatMatrix(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "wasmvmm %s\n", version)
 		return 0
@@ -79,6 +82,8 @@ commands:
   compat-check [--json] SRC.json DST.json
                             compare two dumps like QEMU's vmstate-static-checker;
                             exit status = number of problems (0: compatible)
+  compat-matrix [--out DIR] every machine type x source release x destination release:
+                            static check and live migration both ways; matrix.md, matrix.html
   version                   print the version
 
 run and demo flags: wasmvmm run -h

@@ -279,6 +279,9 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	}
 	phase("plugin runtime")
 	defer rt.Close(context.Background())
+	if err := checkMachineType(ctx, rt, mt, l.pluginDir); err != nil {
+		return 1, err
+	}
 
 	console := newConsole(stdin, stdout, stderr)
 	console.opts = machine.BackendOptions{Incoming: len(f.incoming) > 0, Owner: fmt.Sprintf("wasmvmm pid %d", os.Getpid())}
