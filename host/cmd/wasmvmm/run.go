@@ -279,9 +279,6 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	}
 	phase("plugin runtime")
 	defer rt.Close(context.Background())
-	if err := checkMachineType(ctx, rt, mt, l.pluginDir); err != nil {
-		return 1, err
-	}
 
 	console := newConsole(stdin, stdout, stderr)
 	console.opts = machine.BackendOptions{Incoming: len(f.incoming) > 0, Owner: fmt.Sprintf("wasmvmm pid %d", os.Getpid())}
@@ -319,6 +316,12 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	}
 	defer m.Close()
 	phase("machine built")
+	// The devices' modules are loaded now: checking the machine type
+	// (compat entries for devices it does not place included) costs one
+	// instantiation per plugin.
+	if err := checkMachineType(ctx, rt, mt, l.pluginDir); err != nil {
+		return 1, err
+	}
 	var srv *qmp.Server
 	emit := func(name string, data map[string]any) {
 		if srv != nil {
