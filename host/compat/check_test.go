@@ -165,8 +165,10 @@ func TestCheckWarnsOnMachineMismatch(t *testing.T) {
 func TestParseDumpRefusesWhatIsNotADump(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{`not json`, "x.json: not a dump-vmstate file"},
-		{`[1,2]`, "the top level is not a JSON object"},
-		{`{"dev": {}}`, `x.json: section "dev": no "Name"`},
+		{`[1,2]`, "x.json: not a dump-vmstate file: not a JSON object"},
+		{`{"dev": {}}`, `x.json: not a dump-vmstate file: no "vmschkmachine" entry`},
+		{`{"vmschkmachine": {"Name": "m"}, "dev": {}}`, `x.json: section "dev": no "Name"`},
+		{`{"vmschkmachine": {"Name": "m"}, "dev": []}`, `x.json: section "dev": not a JSON object`},
 		{`{"dev": {"Name": "dev", "version_id": 1, "Description": {"name": "dev", "version_id": 1, "Fields": []}}}`, `no "vmschkmachine" entry`},
 		{`{"vmschkmachine": {"Name": 3}}`, `vmschkmachine has no string "Name"`},
 		{`{"vmschkmachine": {"Name": "m"}, "dev": {"Name": "dev", "version_id": 1, "Description": {"name": "dev", "version_id": 1, "Fields": [{"field": "a", "version_id": 0}]}}}`,

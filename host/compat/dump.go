@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 )
 
 // Dump is one parsed dump-vmstate file.
@@ -85,6 +86,9 @@ func ParseDump(path string, b []byte) (*Dump, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: not a dump-vmstate file: %w", path, err)
 	}
+	if !slices.Contains(keys, "vmschkmachine") {
+		return nil, fmt.Errorf("%s: not a dump-vmstate file: no \"vmschkmachine\" entry", path)
+	}
 	d := &Dump{Path: path}
 	sawMachine := false
 	for i, k := range keys {
@@ -130,7 +134,7 @@ func orderedObject(b []byte) ([]string, []json.RawMessage, error) {
 		return nil, nil, err
 	}
 	if delim, ok := tok.(json.Delim); !ok || delim != '{' {
-		return nil, nil, errors.New("the top level is not a JSON object")
+		return nil, nil, errors.New("not a JSON object")
 	}
 	var keys []string
 	var vals []json.RawMessage
