@@ -57,7 +57,8 @@ type precopy struct {
 	// needs no record at all (the destination's page is zero already).
 	sent [][]uint64
 
-	preflight bool
+	preflight  bool
+	stopCancel func() bool // detaches cancel from the connection
 	// freshChunks refreshes each chunk's dirty bits just before sending it
 	// (off for the final pass: the guest is stopped).
 	freshChunks bool
@@ -142,8 +143,8 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		return false, "", nil, err
 	}
 	p.conn = conn
-	stop := context.AfterFunc(p.ctx, func() { conn.Close() })
-	defer stop()
+	p.stopCancel = context.AfterFunc(p.ctx, func() { conn.Close() })
+	defer p.stopCancel()
 
 	p.host, err = newHostState(len(m.VCPUs()))
 	if err != nil {
@@ -459,7 +460,10 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	tm.mark("devices")
 	if p.preflight {
 		// The stream is out: from here a cancel cannot take it back, so
-		// the source waits for the destination's word either way.
+		// the source waits for the destination's word either way (a
+		// cancel that closed the socket now could leave both sides
+		// believing they own the guest).
+		p.stopCancel()
 		p.conn.SetReadDeadline(time.Now().Add(max(g.ioTimeout(), 30*time.Second)))
 		v, err := readVerdict(bufio.NewReader(p.conn))
 		if err != nil {
