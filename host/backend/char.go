@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"wasmvmm/abi"
 )
@@ -33,7 +34,8 @@ func (wouldBlockError) WouldBlock() bool { return true }
 
 // Char is a byte-stream backend.
 type Char struct {
-	name string
+	writing bool // a write to the sink is in flight (guarded by mu)
+	name    string
 
 	mu     sync.Mutex
 	cond   *sync.Cond // signaled on input consumed, output queued, sink change, close
@@ -184,9 +186,11 @@ func (c *Char) writeLoop() {
 		}
 		data, sink := c.out, c.sink
 		c.out = nil
+		c.writing = true
 		c.mu.Unlock()
 		_, err := sink.Write(data)
 		c.mu.Lock()
+		c.writing = false
 		if err != nil && c.sink == sink {
 			c.sinkFailedLocked(sink)
 		}
@@ -204,12 +208,24 @@ func (c *Char) sinkFailedLocked(sink io.Writer) {
 	}
 }
 
-// Close stops the goroutines and closes what the backend opened.
+// closeDrainTimeout bounds how long Close waits for queued output to reach
+// the sink (a guest's last words before power-off must not be lost).
+const closeDrainTimeout = 2 * time.Second
+
+// Close writes out what is still queued (waiting at most closeDrainTimeout
+// for a sink that does not take it), stops the goroutines and closes what
+// the backend opened.
 func (c *Char) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return nil
+	}
+	deadline := time.Now().Add(closeDrainTimeout)
+	for (len(c.out) > 0 && c.sink != nil || c.writing) && time.Now().Before(deadline) {
+		c.mu.Unlock()
+		time.Sleep(time.Millisecond)
+		c.mu.Lock()
 	}
 	c.closed = true
 	closers := c.closers

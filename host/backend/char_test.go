@@ -3,10 +3,12 @@ package backend
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -279,5 +281,38 @@ func TestStdioClose(t *testing.T) {
 	inR.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := inR.Read(make([]byte, 1)); err != nil {
 		t.Errorf("stdin unusable after Close: %v", err)
+	}
+}
+
+// slowWriter takes its time, like a terminal or a busy disk.
+type slowWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(20 * time.Millisecond)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+// TestCloseWritesQueuedOutput: output queued just before Close (a guest's
+// last line before power-off) reaches the sink.
+func TestCloseWritesQueuedOutput(t *testing.T) {
+	w := &slowWriter{}
+	c := NewIO("t", nil, w)
+	for i := 0; i < 5; i++ {
+		if _, err := c.Write([]byte(fmt.Sprintf("line %d\n", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if got := w.buf.String(); got != "line 0\nline 1\nline 2\nline 3\nline 4\n" {
+		t.Fatalf("after Close the sink has %q", got)
 	}
 }

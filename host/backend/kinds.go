@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // NewIO returns a backend that reads input from r (nil: none) and writes
@@ -86,11 +88,16 @@ func NewSocket(name, path string) (*Char, error) {
 		l.Close()
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
+	// Close removes the socket file only while it is still this one: a
+	// successor (cpr-transfer) may have bound its own at the same path.
+	l.SetUnlinkOnClose(false)
+	var st unix.Stat_t
+	unix.Stat(path, &st)
 	c := newChar(name)
 	if rc, err := l.SyscallConn(); err == nil {
 		_ = rc.Control(func(fd uintptr) { c.fd = int(fd) })
 	}
-	s := &socket{c: c, l: l}
+	s := &socket{c: c, l: l, path: path, dev: st.Dev, ino: st.Ino}
 	c.closers = append(c.closers, s)
 	c.wg.Add(2)
 	go c.writeLoop()
@@ -121,8 +128,10 @@ func (c *Char) start(r io.Reader) {
 }
 
 type socket struct {
-	c *Char
-	l *net.UnixListener
+	c        *Char
+	l        *net.UnixListener
+	path     string
+	dev, ino uint64 // the socket file this listener bound
 }
 
 func (s *socket) acceptLoop() {
@@ -166,7 +175,11 @@ func (s *socket) acceptLoop() {
 // Close stops accepting, disconnects the client and removes the socket.
 func (s *socket) Close() error {
 	c := s.c
-	err := s.l.Close() // also unlinks the path (net.UnixListener default)
+	err := s.l.Close()
+	var st unix.Stat_t
+	if unix.Stat(s.path, &st) == nil && st.Dev == s.dev && st.Ino == s.ino {
+		os.Remove(s.path)
+	}
 	c.mu.Lock()
 	if conn, ok := c.sink.(net.Conn); ok {
 		conn.Close()
