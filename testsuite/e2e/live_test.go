@@ -265,6 +265,21 @@ func TestLiveMigrationBetweenProcessesWithTheCLI(t *testing.T) {
 	if s := status(t, mon); s != "postmigrate" {
 		t.Fatalf("source status %s", s)
 	}
+	final := queryMigrate(t, mon)
+	for _, k := range []string{"status", "total-time", "downtime", "setup-time", "ram"} {
+		if _, ok := final[k]; !ok {
+			t.Fatalf("query-migrate lacks %q: %v", k, final)
+		}
+	}
+	ram, _ := final["ram"].(map[string]any)
+	for _, k := range []string{"transferred", "remaining", "total", "duplicate", "normal", "normal-bytes", "mbps", "dirty-sync-count", "dirty-pages-rate", "pages-per-second"} {
+		if _, ok := ram[k]; !ok {
+			t.Fatalf("query-migrate ram lacks %q: %v", k, ram)
+		}
+	}
+	if ram["total"].(float64) != 128<<20 || ram["normal-bytes"].(float64) < 8<<20 {
+		t.Fatalf("ram figures: %v", ram)
+	}
 	before := passes(src.SerialText())
 	deadline := time.Now().Add(20 * time.Second)
 	for passes(dst.SerialText()) < 1 {
@@ -324,6 +339,10 @@ func TestDestinationKilledMidStream(t *testing.T) {
 	run(`{"execute":"migrate","arguments":{"uri":"unix:` + migSock + `"}}`)
 	waitMigrationStatus(t, mon, "active")
 	time.Sleep(300 * time.Millisecond)
+	active := queryMigrate(t, mon)
+	if _, ok := active["expected-downtime"]; !ok {
+		t.Fatalf("query-migrate while active lacks expected-downtime: %v", active)
+	}
 	dst.Cmd.Process.Kill()
 	ret := waitMigrationStatus(t, mon, "failed")
 	expectMigrationEvent(t, events, "failed")
