@@ -91,12 +91,6 @@ func cmdCompatMatrix(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	ctx := context.Background()
-	env, cleanup, err := newCompatEnv(ctx, *pluginDir)
-	if err != nil {
-		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
-		return 1
-	}
-	defer cleanup()
 	catalog, err := loadCatalog(*machinesDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
@@ -114,6 +108,19 @@ func cmdCompatMatrix(args []string, stdout, stderr io.Writer) int {
 		}
 		o.Machines = append(o.Machines, mt)
 	}
+	types := o.Machines
+	if types == nil {
+		for _, n := range catalog.Names() {
+			mt, _ := catalog.Get(n)
+			types = append(types, mt)
+		}
+	}
+	env, cleanup, err := newCompatEnv(ctx, *pluginDir, types, compat.Releases()...)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	defer cleanup()
 	mx, err := env.RunMatrix(ctx, o)
 	if err != nil {
 		fmt.Fprintf(stderr, "wasmvmm: compat-matrix: %v\n", err)

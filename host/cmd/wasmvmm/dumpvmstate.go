@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"wasmvmm/host/compat"
+	"wasmvmm/host/machine/config"
 	"wasmvmm/host/plugin"
 	"wasmvmm/host/pluginbuild"
 )
@@ -41,12 +42,6 @@ func cmdDumpVMState(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	ctx := context.Background()
-	env, cleanup, err := newCompatEnv(ctx, *pluginDir, set)
-	if err != nil {
-		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
-		return 1
-	}
-	defer cleanup()
 	catalog, err := loadCatalog(*machinesDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
@@ -61,6 +56,12 @@ func cmdDumpVMState(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
 		return 1
 	}
+	env, cleanup, err := newCompatEnv(ctx, *pluginDir, []*config.MachineType{mt}, set)
+	if err != nil {
+		fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
+		return 1
+	}
+	defer cleanup()
 	out, err := env.DumpVMState(ctx, mt, compat.MachineOptions{Set: set})
 	if err != nil {
 		fmt.Fprintf(stderr, "wasmvmm: dump-vmstate %s: %v\n", mt.Name, err)
@@ -100,12 +101,25 @@ func cutEq(s string) (string, string, bool) {
 	return "", "", false
 }
 
-// newCompatEnv finds (and in a source checkout builds) the plugins and
-// starts a plugin runtime.
-func newCompatEnv(ctx context.Context, pluginFlag string, sets ...compat.PluginSet) (*compat.Env, func(), error) {
+// newCompatEnv finds the plugins (in a source checkout it builds those the
+// machine types place, as each plugin set resolves them) and starts a
+// plugin runtime.
+func newCompatEnv(ctx context.Context, pluginFlag string, types []*config.MachineType, sets ...compat.PluginSet) (*compat.Env, func(), error) {
 	l := discoverLayout(pluginFlag)
 	if l.repo != "" && pluginFlag == "" {
-		if _, err := pluginbuild.Ensure(ctx, l.repo, l.pluginDir); err != nil {
+		seen := map[string]bool{}
+		var names []string
+		for _, mt := range types {
+			for _, d := range mt.Devices {
+				for _, set := range sets {
+					if n := set.Resolve(d.Plugin); !seen[n] {
+						seen[n] = true
+						names = append(names, n)
+					}
+				}
+			}
+		}
+		if _, err := pluginbuild.Build(ctx, l.repo, l.pluginDir, names...); err != nil {
 			return nil, nil, fmt.Errorf("build plugins: %w", err)
 		}
 	}
