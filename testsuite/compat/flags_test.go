@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"wasmvmm/host/compat"
 	"wasmvmm/host/vmstate"
@@ -123,5 +125,32 @@ func TestScanoutFields(t *testing.T) {
 		if _, got := st["virtio-gpu#0/scanouts[0]/fb.format"]; got != c.fb {
 			t.Errorf("%s loaded: scanout fb.format exists %v, want %v", c.machine, got, c.fb)
 		}
+	}
+}
+
+// TestUSOLesson re-creates QEMU's 8.1/8.2 USO bug: a guest that negotiated
+// USO cannot migrate to a device that does not offer it (the older binary
+// of QEMU's story, here a destination with USO switched off), which is why
+// the compat entries must sit on the newest machine type WITHOUT USO. On
+// wasmvmm-virt-1.0 USO is never offered, so the same destination takes the
+// guest; on 1.1, where it is offered and negotiated, it refuses it.
+func TestUSOLesson(t *testing.T) {
+	ctx := context.Background()
+	noUSO := map[string]map[string]any{"net0": {"vnet_hdr": true, "host_uso": false, "guest_uso4": false, "guest_uso6": false}}
+	for _, c := range []struct {
+		machine string
+		ok      bool
+	}{{"wasmvmm-virt-1.0", true}, {"wasmvmm-virt-1.1", false}} {
+		mt := machineType(t, c.machine)
+		src := newMachine(t, mt, compat.MachineOptions{Set: release(t, "r1")})
+		if err := compat.Drive(src); err != nil {
+			t.Fatal(err)
+		}
+		dst := newMachine(t, mt, compat.MachineOptions{Set: release(t, "r1"), Properties: noUSO, Incoming: true})
+		err := compat.Migrate(ctx, src, dst, filepath.Join(t.TempDir(), "m.sock"), 30*time.Second)
+		if (err == nil) != c.ok {
+			t.Fatalf("%s to a destination without USO: %v; want success %v", c.machine, err, c.ok)
+		}
+		t.Logf("%s to a destination without USO: %v", c.machine, err)
 	}
 }
