@@ -263,7 +263,9 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	if err != nil {
 		return false, "", fmt.Errorf("stop the guest: %w", err)
 	}
+	stoppedAt := time.Now()
 	p.holdEvents()
+	heldAt := time.Now()
 	if g.capabilities().PauseBeforeSwitchover {
 		g.setStatus(StatusPreSwitchover)
 		if err := g.waitContinue(p.ctx); err != nil {
@@ -306,11 +308,19 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	if err != nil {
 		return true, prev, err
 	}
+	w.SuppressVMDesc = true // the pre-flight compared the schemas
 	if err := w.Complete(reg); err != nil { // no RAM section: RAM stays in place
 		return true, prev, err
 	}
 	if err := bw.Flush(); err != nil {
 		return true, prev, fmt.Errorf("send device state: %w", err)
+	}
+	// Without a vmdesc the stream ends at EOF: say so by shutting down
+	// writing, so the destination does not wait for more.
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			return true, prev, fmt.Errorf("send device state: %w", err)
+		}
 	}
 	p.streamBytes = cw.n
 	tm.mark("devices")
@@ -323,7 +333,7 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 		return true, prev, fmt.Errorf("the destination failed to load: %s", v.Error)
 	}
 	tm.mark("destination")
-	g.log.Info("cpr-transfer switchover", "stream_bytes", p.streamBytes, "phases", tm.String())
+	g.log.Info("cpr-transfer switchover", "stream_bytes", p.streamBytes, "stop", stoppedAt.Sub(p.stopAt), "hold", heldAt.Sub(stoppedAt), "phases", tm.String())
 	return true, prev, nil
 }
 
@@ -382,13 +392,31 @@ func (p *cprSource) releaseEvents() {
 // so it never has no owner. The devices stay held: this source must not
 // touch the guest again.
 func (p *cprSource) releaseDescriptors() {
-	if p.g.cfg.Preserved == nil {
-		return
-	}
-	for _, pf := range p.g.cfg.Preserved.Preserved() {
-		if c, ok := pf.Backend.(io.Closer); ok {
+	closeIt := func(device, name string, b any) {
+		if c, ok := b.(io.Closer); ok {
 			if err := c.Close(); err != nil {
-				p.g.log.Warn("closing a handed-over descriptor", "device", pf.Device, "backend", pf.BackendName, "error", err)
+				p.g.log.Warn("closing a handed-over backend", "device", device, "backend", name, "error", err)
+			}
+		}
+	}
+	if p.g.cfg.Preserved != nil {
+		for _, pf := range p.g.cfg.Preserved.Preserved() {
+			closeIt(pf.Device, pf.BackendName, pf.Backend)
+		}
+	}
+	// Consoles on unix sockets: their clients see the hang-up and
+	// reconnect to the socket the new process listens on (same path).
+	for _, d := range p.m.Devices() {
+		pd, ok := d.(*machine.PluginDevice)
+		if !ok || pd.Instance == nil {
+			continue
+		}
+		for _, ref := range pd.Instance.Backends() {
+			if ref.Kind != abi.BackendChar || !strings.HasPrefix(pd.Spec().Backends[ref.Name], "unix:") {
+				continue
+			}
+			if b, err := pd.Backend(ref.Kind, ref.Name); err == nil {
+				closeIt(pd.ID(), ref.Name, b)
 			}
 		}
 	}

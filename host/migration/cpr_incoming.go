@@ -283,13 +283,14 @@ func (g *Migrator) loadCPR(conn net.Conn) error {
 	// pre-switchover.
 	conn.SetReadDeadline(time.Time{})
 	r = deadlineReader{conn: conn, timeout: 0}
-	counter := &countingReader{r: r}
-	res, err := vmstate.Load(counter, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: nil, Registry: reg})
+	first := &firstByteReader{r: r}
+	res, err := vmstate.Load(first, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: nil, Registry: reg, AllowMissingVMDesc: true})
 	if err != nil {
 		return reply(err)
 	}
 	var tm phaseTimer
 	tm.start()
+	loadTime := tm.t0.Sub(first.at)
 	st, err := host.state()
 	if err != nil {
 		return reply(err)
@@ -316,6 +317,20 @@ func (g *Migrator) loadCPR(conn net.Conn) error {
 	}
 	err = g.enterLoadedState(st.RunState)
 	tm.mark("resume")
-	g.log.Info("incoming cpr-transfer switchover", "stream_bytes", res.Bytes, "phases", tm.String())
+	g.log.Info("incoming cpr-transfer switchover", "stream_bytes", res.Bytes, "load", loadTime, "phases", tm.String())
 	return err
+}
+
+// firstByteReader records when the first byte arrived.
+type firstByteReader struct {
+	r  io.Reader
+	at time.Time
+}
+
+func (f *firstByteReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if n > 0 && f.at.IsZero() {
+		f.at = time.Now()
+	}
+	return n, err
 }

@@ -571,12 +571,14 @@ func (l *loader) decodeElems(pf *planField, img []byte, path string) (string, er
 			}
 			lo := int(nf.f.Offset)
 			sub := el[lo : lo+int(nf.f.Size)*int(nf.f.Count)]
-			elemPath := path
-			if pf.f.Count > 1 {
-				elemPath = fmt.Sprintf("%s[%d]", path, i)
-			}
-			if p, err := l.decodeElems(nf, sub, elemPath+"."+nf.f.Name); err != nil {
-				return p, err
+			// The path is built only for an error: formatting it for every
+			// element dominated the load of a device's state.
+			if rel, err := l.decodeElems(nf, sub, ""); err != nil {
+				elemPath := path
+				if pf.f.Count > 1 {
+					elemPath = fmt.Sprintf("%s[%d]", path, i)
+				}
+				return elemPath + "." + nf.f.Name + rel, err
 			}
 		}
 	}

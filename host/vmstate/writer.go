@@ -39,6 +39,12 @@ type Writer struct {
 	lastBlock *guestmem.Block
 	ramState  int // 0 none, 1 started, 2 ended
 	hdr       []byte
+
+	// SuppressVMDesc ends the stream right after EOF, without the JSON
+	// vmdesc (QEMU's suppress-vmdesc): a reader loads it with
+	// LoadOptions.AllowMissingVMDesc. cpr-transfer sets it, since its
+	// destination compared the schemas before the pause.
+	SuppressVMDesc bool
 }
 
 // NewWriter starts a stream on w: magic, version, and the configuration
@@ -251,6 +257,10 @@ func (w *Writer) Complete(reg *Registry) error {
 			w.footer(e.sectionID)
 			root.Devices = append(root.Devices, describeDevice(e, st))
 		}
+	}
+	if w.SuppressVMDesc {
+		w.write([]byte{SectionEOF})
+		return w.Flush()
 	}
 	js, err := marshalVMDesc(root)
 	if err != nil {

@@ -98,7 +98,10 @@ func runHandOver(b *testing.B, art harness.Build, dir string, memMiB int, cpr bo
 	mainSock, cprSock := filepath.Join(dir, "main-"+tag), filepath.Join(dir, "cpr-"+tag)
 	incoming := []string{"--incoming", "unix:" + mainSock}
 	if cpr {
-		incoming = append(incoming, "--incoming", "cpr,unix:"+cprSock)
+		// The main channel is deferred so that the destination's QMP
+		// events are watched before the switchover: with cpr-transfer its
+		// monitor exists only once it has read the cpr state.
+		incoming = []string{"--incoming", "defer", "--incoming", "cpr,unix:" + cprSock}
 	}
 	dst := startCPRProc(b, art, dir, memMiB, cmdline, incoming...)
 	sc := dialQMP(b, src.qmp)
@@ -115,9 +118,11 @@ func runHandOver(b *testing.B, art harness.Build, dir string, memMiB int, cpr bo
 			{"channel-type": "main", "addr": unixAddr(mainSock)},
 			{"channel-type": "cpr", "addr": unixAddr(cprSock)},
 		}})
-		// The destination's QMP exists once it has read the cpr state.
+		// The destination's QMP exists once it has read the cpr state; the
+		// source waits for its hang-up, which comes with migrate-incoming.
 		dc := dialQMP(b, dst.qmp)
 		dstEv = eventTimes(dc)
+		exec1(b, dc, "migrate-incoming", map[string]any{"uri": "unix:" + mainSock})
 	} else {
 		dc := dialQMP(b, dst.qmp)
 		dstEv = eventTimes(dc)

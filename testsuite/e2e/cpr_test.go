@@ -1,14 +1,17 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -620,5 +623,144 @@ func TestCPRTransferNeedsSharedRAM(t *testing.T) {
 	}
 	if st := status(t, mon); st != "running" {
 		t.Fatalf("status %s", st)
+	}
+}
+
+// consoleClient reads a unix-socket console, reconnecting whenever the
+// connection ends; lines are recorded with the connection they came on.
+type consoleClient struct {
+	mu    sync.Mutex
+	lines []consoleLine
+	conns int
+}
+
+type consoleLine struct {
+	conn int
+	text string
+}
+
+func newConsoleClient(t *testing.T, path string) *consoleClient {
+	c := &consoleClient{}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		for ctx.Err() == nil {
+			conn, err := net.Dial("unix", path)
+			if err != nil {
+				time.Sleep(2 * time.Millisecond)
+				continue
+			}
+			stop := context.AfterFunc(ctx, func() { conn.Close() })
+			c.mu.Lock()
+			c.conns++
+			n := c.conns
+			c.mu.Unlock()
+			sc := bufio.NewScanner(conn)
+			for sc.Scan() {
+				c.mu.Lock()
+				c.lines = append(c.lines, consoleLine{n, sc.Text()})
+				c.mu.Unlock()
+			}
+			stop()
+			conn.Close()
+		}
+	}()
+	return c
+}
+
+// lastPass returns the highest DIRTY pass seen on connection conn (0: any).
+func (c *consoleClient) lastPass(conn int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	best := 0
+	for _, l := range c.lines {
+		var n int
+		if (conn == 0 || l.conn == conn) && strings.HasPrefix(l.text, "DIRTY pass=") {
+			fmt.Sscanf(l.text, "DIRTY pass=%d", &n)
+			best = max(best, n)
+		}
+	}
+	return best
+}
+
+func (c *consoleClient) connections() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conns
+}
+
+// TestCPRTransferConsoleReconnects: a serial console on a unix socket
+// follows the guest: the old process hangs up its client, which reconnects
+// to the same path and reads the guest's output from the new process; the
+// old process's exit does not remove the new one's socket.
+func TestCPRTransferConsoleReconnects(t *testing.T) {
+	harness.RequireKVM(t)
+	b := harness.Artifacts(t)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, b.Guest, dirtier+" dirty_rate_mb=64", "")
+	con := filepath.Join(dir, "console.sock")
+	start := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(b.Binary, append(args, "--serial", "unix:"+con, "--plugins", b.PluginDir)...)
+		var stderr harness.SyncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			<-done
+			if t.Failed() {
+				t.Logf("%s stderr:\n%s", args[len(args)-1], stderr.String())
+			}
+		})
+		return cmd
+	}
+	srcQMP, dstQMP := filepath.Join(dir, "src.qmp"), filepath.Join(dir, "dst.qmp")
+	mainSock, cprSock := filepath.Join(dir, "main.sock"), filepath.Join(dir, "cpr.sock")
+	src := start("run", cfg, "--share-memory", "--qmp", srcQMP)
+	waitSocket(t, con)
+	client := newConsoleClient(t, con)
+	deadline := time.Now().Add(30 * time.Second)
+	for client.lastPass(1) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no DIRTY pass=2 on the console")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mon := qmpClient(t, srcQMP)
+	start("run", cfg, "--incoming", "unix:"+mainSock, "--incoming", "cpr,unix:"+cprSock, "--qmp", dstQMP)
+	waitSocket(t, cprSock)
+	for _, c := range []string{
+		`{"execute":"migrate-set-parameters","arguments":{"mode":"cpr-transfer"}}`,
+		migrateCmd(mainSock, cprSock),
+	} {
+		if out, err := mon.Run([]byte(c)); err != nil {
+			t.Fatalf("%s: %v %s", c, err, out)
+		}
+	}
+	if ret := waitMigrationStatus(t, mon, "completed", "failed"); ret["status"] != "completed" {
+		t.Fatalf("cpr-transfer: %v", ret)
+	}
+	before := client.lastPass(1)
+	deadline = time.Now().Add(30 * time.Second)
+	for client.connections() < 2 || client.lastPass(2) <= before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the console did not come back: %d connections, last pass %d before, %d after", client.connections(), before, client.lastPass(2))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("console: pass %d on the old process, pass %d on the new one after reconnecting", before, client.lastPass(2))
+	if _, err := mon.Run([]byte(`{"execute":"quit"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); src.ProcessState == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the old process does not quit")
+		}
+	}
+	if st, err := os.Stat(con); err != nil || st.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("the old process removed the new one's console socket: %v", err)
 	}
 }
