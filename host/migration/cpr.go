@@ -308,7 +308,7 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	if err != nil {
 		return true, prev, err
 	}
-	w.SuppressVMDesc = true // the pre-flight compared the schemas
+	w.SuppressVMDesc = true                 // the pre-flight compared the schemas
 	if err := w.Complete(reg); err != nil { // no RAM section: RAM stays in place
 		return true, prev, err
 	}
