@@ -322,6 +322,14 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	if err := checkMachineType(ctx, rt, mt, l.pluginDir); err != nil {
 		return 1, err
 	}
+	if incoming.active() {
+		// inmigrate before the monitor answers: a migrate-incoming that
+		// comes as soon as QMP is up must find the machine waiting.
+		m.SetAutostart(!f.paused)
+		if err := m.StartIncoming(); err != nil {
+			return 1, err
+		}
+	}
 	var srv *qmp.Server
 	emit := func(name string, data map[string]any) {
 		if srv != nil {
@@ -353,10 +361,6 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	}
 	defer restore()
 	if incoming.active() {
-		m.SetAutostart(!f.paused)
-		if err := m.StartIncoming(); err != nil {
-			return 1, err
-		}
 		if !incoming.deferred {
 			if err := incoming.start(ctx, mig, m, incoming.channels, log); err != nil {
 				return 1, fmt.Errorf("incoming migration: %w", err)
