@@ -23,5 +23,9 @@ test:
 ci:
     bash .ci/run
 
+# the version-compatibility matrix (reports in bin/compat/)
+compat-matrix:
+    go run ./host/cmd/wasmvmm compat-matrix --out bin/compat
+
 bench:
     go test -run '^$' -bench . -benchtime 2x ./...
