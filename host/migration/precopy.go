@@ -155,14 +155,26 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	}
 	lim := &rateLimiter{rate: func() int64 { return g.Parameters().MaxBandwidth }}
 	p.sw = &streamWriter{ctx: p.ctx, conn: conn, lim: lim, timeout: g.ioTimeout}
+	// Dirty logging starts before the residency snapshot, so a page first
+	// touched after it is caught by the log.
+	if err := m.StartDirtyLog(); err != nil {
+		return false, "", nil, err
+	}
+	p.dirty = make([][]uint64, len(p.blocks))
+	p.sel = make([][]uint64, len(p.blocks))
+	p.empty = make([][]uint64, len(p.blocks))
+	for i, b := range p.blocks {
+		words := int((b.Pages() + 63) / 64)
+		p.dirty[i] = make([]uint64, words)
+		p.sel[i] = make([]uint64, words)
+		p.empty[i] = make([]uint64, words)
+		residentPages(b, p.dirty[i])
+	}
 	fresh := false
 	if p.preflight {
 		if fresh, err = p.checkDestination(); err != nil {
 			return false, "", nil, err
 		}
-	}
-	if err := m.StartDirtyLog(); err != nil {
-		return false, "", nil, err
 	}
 	if p.w, err = vmstate.NewWriter(p.sw, g.cfg.MachineType); err != nil {
 		return false, "", nil, err
@@ -170,23 +182,15 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	if err := p.w.RAMStart(p.blocks); err != nil {
 		return false, "", nil, err
 	}
-	p.dirty = make([][]uint64, len(p.blocks))
-	p.sel = make([][]uint64, len(p.blocks))
-	p.empty = make([][]uint64, len(p.blocks))
 	var total uint64
 	pending := 0
 	if fresh {
 		p.sent = make([][]uint64, len(p.blocks))
 	}
 	for i, b := range p.blocks {
-		words := int((b.Pages() + 63) / 64)
-		p.dirty[i] = make([]uint64, words)
-		p.sel[i] = make([]uint64, words)
-		p.empty[i] = make([]uint64, words)
 		if fresh {
 			// Pages never populated are zero here and there.
-			p.sent[i] = make([]uint64, words)
-			residentPages(b, p.dirty[i])
+			p.sent[i] = make([]uint64, len(p.dirty[i]))
 		} else {
 			allPages(b, p.dirty[i])
 		}
@@ -490,6 +494,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 // verdict; it reports whether the destination's RAM is fresh.
 func (p *precopy) checkDestination() (bool, error) {
 	desc := describeMachine(p.g.cfg.MachineType, p.blocks, p.reg)
+	desc.Populated = pageRuns(p.dirty)
 	if d := p.g.ioTimeout(); d > 0 {
 		p.conn.SetWriteDeadline(time.Now().Add(d))
 		p.conn.SetReadDeadline(time.Now().Add(d))

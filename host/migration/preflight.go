@@ -44,6 +44,49 @@ type machineDesc struct {
 	Machine  string        `json:"machine"`
 	RAM      []ramDesc     `json:"ram"`
 	Sections []sectionDesc `json:"sections"`
+	// Populated lists, per RAM block, the runs of pages the first pass
+	// will send (first page, count): a fresh destination faults them in
+	// ahead of the stream. Absent when there are too many runs.
+	Populated [][][2]uint64 `json:"populated,omitempty"`
+}
+
+// maxRuns bounds the populated-page runs a description carries.
+const maxRuns = 1 << 16
+
+// pageRuns turns per-block page bitmaps into runs, or nil past maxRuns.
+func pageRuns(bms [][]uint64) [][][2]uint64 {
+	out := make([][][2]uint64, len(bms))
+	n := 0
+	for i, bm := range bms {
+		out[i] = [][2]uint64{}
+		var start, count uint64
+		for w, word := range bm {
+			for b := 0; b < 64; b++ {
+				pg := uint64(w)*64 + uint64(b)
+				if word&(1<<b) != 0 {
+					if count == 0 {
+						start = pg
+					}
+					count++
+					continue
+				}
+				if count > 0 {
+					if n++; n > maxRuns {
+						return nil
+					}
+					out[i] = append(out[i], [2]uint64{start, count})
+					count = 0
+				}
+				if word>>b == 0 {
+					break
+				}
+			}
+		}
+		if count > 0 {
+			out[i] = append(out[i], [2]uint64{start, count})
+		}
+	}
+	return out
 }
 
 type ramDesc struct {

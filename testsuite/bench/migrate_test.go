@@ -261,6 +261,7 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
 		if _, err := os.Stat(migSock); err == nil {
+			time.Sleep(20 * time.Millisecond) // bind() creates the file before listen()
 			break
 		}
 		if time.Now().After(deadline) {

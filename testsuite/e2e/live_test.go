@@ -314,7 +314,9 @@ func TestDestinationKilledMidStream(t *testing.T) {
 	srcSock, migSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
 	src := harness.Start(t, b, dir, "run", cfg, "--qmp", srcSock)
 	src.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
-	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "unix:"+migSock)
+	dstSock := filepath.Join(dir, "dst.sock")
+	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "unix:"+migSock, "--qmp", dstSock)
+	waitMigrationStatus(t, qmpClient(t, dstSock), "setup") // listening
 	mon := qmpClient(t, srcSock)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -328,14 +330,6 @@ func TestDestinationKilledMidStream(t *testing.T) {
 	// 4 MiB/s: the first pass alone takes seconds; the dirtier never lets
 	// it converge.
 	run(`{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":4194304}}`)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(migSock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("destination does not listen")
-		}
-	}
 	run(`{"execute":"migrate","arguments":{"uri":"unix:` + migSock + `"}}`)
 	waitMigrationStatus(t, mon, "active")
 	time.Sleep(300 * time.Millisecond)
@@ -978,6 +972,7 @@ func TestLiveMigrationOverTCPAcrossNamespaces(t *testing.T) {
 	src.WaitSerial(t, "DIRTY pass=1\n", 20*time.Second)
 	inNS := harness.Start(t, bns, dir, "run", cfg, "--incoming", "tcp:"+nsIP+":4444", "--qmp", nsSock)
 	nmon := qmpClient(t, nsSock)
+	waitMigrationStatus(t, nmon, "setup") // listening
 	code, out := harness.Run(t, b, "migrate", "-q", "--qmp", srcSock, "tcp:"+nsIP+":4444")
 	if code != 0 {
 		t.Fatalf("migrate into %s: exit %d\n%s", ns, code, out)
@@ -995,6 +990,7 @@ func TestLiveMigrationOverTCPAcrossNamespaces(t *testing.T) {
 	// Back out, slowly, and cut the link mid-stream.
 	back := harness.Start(t, b, dir, "run", cfg, "--incoming", "tcp:"+hostIP+":4445", "--qmp", backSock)
 	bmon := qmpClient(t, backSock)
+	waitMigrationStatus(t, bmon, "setup") // listening
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	events := drainEvents(t, ctx, nmon)
