@@ -82,6 +82,10 @@ func Alloc(name string, gpa, size uint64, opt AllocOptions) (*Block, error) {
 		}
 		b.Mem = mem
 	}
+	// Transparent huge pages where the host allows them (a hint: errors
+	// are ignored): fewer TLB misses for the guest and for host copies
+	// into guest memory (block reads, network receive).
+	_ = unix.Madvise(b.Mem, unix.MADV_HUGEPAGE)
 	b.dirty = make([]atomic.Uint64, (b.Pages()+63)/64)
 	return b, nil
 }
