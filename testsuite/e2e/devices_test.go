@@ -57,3 +57,26 @@ func TestDeviceWithNoBackendIsLeftOut(t *testing.T) {
 		t.Fatalf("devices without a backend were placed:\n%s", out)
 	}
 }
+
+// TestTwoVMsExchangeFramesOverUnixSockets: two VMs, each with the
+// virtio-net plugin on one end of a unix socket; one guest sends the echo
+// frames, the other guest sends them back.
+func TestTwoVMsExchangeFramesOverUnixSockets(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "net.sock")
+	peer := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle net_test=2",
+		Backends:   map[string]map[string]string{"net0": {"net": "unix-listen:" + sock}},
+		Properties: map[string]map[string]any{"net0": {"mac": "52:54:00:00:00:02"}}})
+	if err := peer.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	peer.WaitConsole(t, "NET RESPONDER READY", 20*time.Second)
+	vm := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle net_test=1 net_frames=32",
+		Backends: map[string]map[string]string{"net0": {"net": "unix-connect:" + sock}}})
+	if err := vm.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	vm.WaitConsole(t, "NET OK frames=32", 30*time.Second)
+	if strings.Contains(vm.Console.String(), "NET FAIL") || strings.Contains(peer.Console.String(), "NET FAIL") {
+		t.Fatalf("net failure:\n%s\n%s", vm.Console.String(), peer.Console.String())
+	}
+}

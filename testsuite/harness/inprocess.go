@@ -34,6 +34,8 @@ type MachineOptions struct {
 	// Backends attaches backends by device id and name, e.g.
 	// {"blk0": {"disk": "/tmp/img"}}.
 	Backends map[string]map[string]string
+	// Properties sets device properties by device id.
+	Properties map[string]map[string]any
 	// Incoming opens block images inactive (an incoming migration).
 	Incoming bool
 }
@@ -101,8 +103,15 @@ func NewMachine(t testing.TB, o MachineOptions) *InProcess {
 	if o.Kernel != "" {
 		vm.Boot.Kernel = o.Kernel
 	}
-	for id, bs := range o.Backends {
-		vm.Devices = append(vm.Devices, config.DeviceConfig{ID: id, Backends: bs})
+	ids := map[string]bool{}
+	for id := range o.Backends {
+		ids[id] = true
+	}
+	for id := range o.Properties {
+		ids[id] = true
+	}
+	for id := range ids {
+		vm.Devices = append(vm.Devices, config.DeviceConfig{ID: id, Backends: o.Backends[id], Properties: o.Properties[id]})
 	}
 	ip := &InProcess{Console: &SyncBuffer{}, Runtime: Runtime(t)}
 	devices := o.Devices

@@ -155,6 +155,7 @@ struct net_opts {
 };
 int net_init(struct vdev *d, const struct net_opts *o);
 int net_echo(struct vdev *d, const struct net_opts *o, u64 frames);
+int net_respond(struct vdev *d, u64 *echoed);
 const u8 *net_mac(void);
 u32 net_max_buffers(void); /* most rx buffers one frame used so far */
 u64 net_retransmits(void);  /* frames sent again because no echo came in time */

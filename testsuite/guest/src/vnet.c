@@ -223,3 +223,32 @@ int net_echo(struct vdev *d, const struct net_opts *o, u64 frames)
 	}
 	return 0;
 }
+
+/* The peer side of the echo check (net_test=2): every frame of our
+ * ethertype that arrives goes back to its sender (destination = its source,
+ * source = our MAC), unchanged otherwise. Never returns unless the device
+ * fails. */
+int net_respond(struct vdev *d, u64 *echoed)
+{
+	for (;;) {
+		i64 n = rx_frame(d);
+		if (n == -1)
+			return -1;
+		if (n <= 0) {
+			cpu_relax();
+			continue;
+		}
+		u8 *f = net.frame;
+		if (n < 14 || n > FRAME_MAX || f[12] != (ETHERTYPE >> 8) || f[13] != (ETHERTYPE & 0xff))
+			continue;
+		u8 *t = net.txbuf + NET_HDR;
+		memset(net.txbuf, 0, NET_HDR);
+		memcpy(t, f + 6, 6);
+		memcpy(t + 6, net.mac, 6);
+		memcpy(t + 12, f + 12, (u64)n - 12);
+		struct vbuf b = { net.txbuf, (u32)(NET_HDR + n), 0 };
+		if (vq_exec(d, &net.tx, &b, 1, NULL))
+			return -1;
+		(*echoed)++;
+	}
+}
