@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,5 +81,45 @@ func TestTwoVMsExchangeFramesOverUnixSockets(t *testing.T) {
 	vm.WaitConsole(t, "NET OK frames=32", 30*time.Second)
 	if strings.Contains(vm.Console.String(), "NET FAIL") || strings.Contains(peer.Console.String(), "NET FAIL") {
 		t.Fatalf("net failure:\n%s\n%s", vm.Console.String(), peer.Console.String())
+	}
+}
+
+// TestDiscoveryListsEveryPlacedVirtioDevice: the DSDT in guest memory has
+// one LNRO0005 device per placed virtio-mmio device, with its window, and
+// the command line names the same windows.
+func TestDiscoveryListsEveryPlacedVirtioDevice(t *testing.T) {
+	img := scratchImage(t, 16<<20)
+	ip := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle",
+		Backends: map[string]map[string]string{"blk0": {"disk": img}, "net0": {"net": "discard"}}})
+	if err := ip.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	ip.WaitConsole(t, "GUEST IDLE", 10*time.Second)
+	if err := ip.M.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	// The ACPI tables live at 0xe0000..0x100000; find the DSDT by signature.
+	low := make([]byte, 0x20000)
+	if _, err := ip.M.Memory().ReadAt(low, 0xe0000); err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(low, []byte("DSDT"))
+	if i < 0 {
+		t.Fatal("no DSDT below 1 MiB")
+	}
+	n := int(binary.LittleEndian.Uint32(low[i+4:]))
+	dsdt := low[i : i+n]
+	if got := bytes.Count(dsdt, []byte("LNRO0005")); got != 3 {
+		t.Fatalf("DSDT has %d LNRO0005 devices, want 3 (net, blk, gpu)", got)
+	}
+	for _, base := range []uint32{0xd0000000, 0xd0000200, 0xd0000400} {
+		var le [4]byte
+		binary.LittleEndian.PutUint32(le[:], base)
+		if !bytes.Contains(dsdt, le[:]) {
+			t.Errorf("DSDT lacks the window at %#x", base)
+		}
+		if !strings.Contains(ip.Console.String(), fmt.Sprintf("512@%#x:", base)) {
+			t.Errorf("command line lacks the window at %#x", base)
+		}
 	}
 }
