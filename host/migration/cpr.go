@@ -1,7 +1,6 @@
 package migration
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -257,6 +256,15 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 		return false, "", errCancelled
 	}
 
+	// Everything that can be prepared is, before the pause: the stream
+	// writer (its buffer) and its header.
+	cw := &countingWriter{w: conn}
+	w, err := vmstate.NewWriter(cw, g.cfg.MachineType)
+	if err != nil {
+		return false, "", err
+	}
+	w.SuppressVMDesc = true // the pre-flight compared the schemas
+
 	// The pause.
 	p.stopAt = time.Now()
 	prev, err = m.StopFor(machine.StateFinishMigrate)
@@ -301,18 +309,8 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 		return true, prev, err
 	}
 	tm.mark("cpu")
-	cw := &countingWriter{w: conn}
-	bw := bufio.NewWriterSize(cw, 256<<10)
 	conn.SetWriteDeadline(time.Now().Add(max(g.ioTimeout(), 30*time.Second)))
-	w, err := vmstate.NewWriter(bw, g.cfg.MachineType)
-	if err != nil {
-		return true, prev, err
-	}
-	w.SuppressVMDesc = true                 // the pre-flight compared the schemas
 	if err := w.Complete(reg); err != nil { // no RAM section: RAM stays in place
-		return true, prev, err
-	}
-	if err := bw.Flush(); err != nil {
 		return true, prev, fmt.Errorf("send device state: %w", err)
 	}
 	// Without a vmdesc the stream ends at EOF: say so by shutting down

@@ -1,6 +1,7 @@
 package migration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -248,13 +249,20 @@ func (g *Migrator) loadCPR(conn net.Conn) error {
 		return err
 	}
 	var r io.Reader = deadlineReader{conn: conn, timeout: max(g.ioTimeout(), 30*time.Second)}
+	// The completion is encoded ahead: it is sent inside the pause.
+	var okMsg bytes.Buffer
+	if err := writeMsg(&okMsg, verdictMagic, verdict{OK: true}); err != nil {
+		return err
+	}
 	reply := func(err error) error {
-		v := verdict{OK: err == nil}
-		if err != nil {
-			v.Error = err.Error()
-		}
 		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if werr := writeMsg(conn, verdictMagic, v); werr != nil && err == nil {
+		var werr error
+		if err == nil {
+			_, werr = conn.Write(okMsg.Bytes())
+		} else {
+			werr = writeMsg(conn, verdictMagic, verdict{Error: err.Error()})
+		}
+		if werr != nil && err == nil {
 			return fmt.Errorf("tell the source: %w", werr)
 		}
 		return err

@@ -255,7 +255,9 @@ func (w *Writer) Complete(reg *Registry) error {
 			w.write(b)
 			w.write(body)
 			w.footer(e.sectionID)
-			root.Devices = append(root.Devices, describeDevice(e, st))
+			if !w.SuppressVMDesc {
+				root.Devices = append(root.Devices, describeDevice(e, st))
+			}
 		}
 	}
 	if w.SuppressVMDesc {

@@ -26,6 +26,8 @@ import (
 //	CPRBENCH_SIZES=1024,4096,16384   guest RAM sizes in MiB
 //	CPRBENCH_REPS=5                  migrations per size and mode
 //	CPRBENCH_LIVE=0                  skip normal live migration
+//	CPRBENCH_DIRTY_MB=64             the dirtier's rate in MiB/s (0: flat out)
+//	CPRBENCH_LOG=info                the VMMs' logs (switchover phases) on stderr
 
 const (
 	cprDirtyStart = 16 << 20
@@ -91,7 +93,11 @@ func waitPath(b *testing.B, path string) {
 // runHandOver migrates one guest of memMiB to a new process, with
 // cpr-transfer or normal live migration.
 func runHandOver(b *testing.B, art harness.Build, dir string, memMiB int, cpr bool) cprRun {
-	cmdline := fmt.Sprintf("workload=dirtier dirty_start=%#x dirty_end=%#x dirty_rate_mb=64", cprDirtyStart, cprDirtyEnd)
+	rate := 64
+	if r := envInts("CPRBENCH_DIRTY_MB", nil); len(r) == 1 {
+		rate = r[0]
+	}
+	cmdline := fmt.Sprintf("workload=dirtier dirty_start=%#x dirty_end=%#x dirty_rate_mb=%d", cprDirtyStart, cprDirtyEnd, rate)
 	src := startCPRProc(b, art, dir, memMiB, cmdline)
 	waitSerial(b, src, "DIRTY pass=1\n", 60*time.Second)
 	tag := strconv.FormatInt(time.Now().UnixNano(), 36)
