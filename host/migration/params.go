@@ -6,8 +6,8 @@ import "fmt"
 type Parameters struct {
 	Mode            Mode  `json:"mode"`
 	DowntimeLimit   int64 `json:"downtime-limit"`   // milliseconds
-	MaxBandwidth    int64 `json:"max-bandwidth"`    // bytes per second
-	MultifdChannels int64 `json:"multifd-channels"` // parallel RAM channels
+	MaxBandwidth    int64 `json:"max-bandwidth"`    // bytes per second during precopy (0: unlimited); the switchover always goes at full speed
+	MultifdChannels int64 `json:"multifd-channels"` // parallel RAM channels: accepted, not used (one channel; see precopy.go)
 	CPUThrottleInit int64 `json:"cpu-throttle-initial"`
 	CPUThrottleInc  int64 `json:"cpu-throttle-increment"`
 	MaxCPUThrottle  int64 `json:"max-cpu-throttle"`
