@@ -32,6 +32,9 @@ func (m *Machine) StartDirtyLog() error {
 	if m.dirty.on {
 		return errors.New("dirty logging is already on")
 	}
+	if m.vm == nil || m.mem == nil {
+		return errors.New("dirty logging: the machine is closed")
+	}
 	blocks := m.mem.Blocks()
 	m.dirty.scratch = make([][]uint64, len(blocks))
 	for i, b := range blocks {
@@ -58,6 +61,10 @@ func (m *Machine) StopDirtyLog() error {
 	if !m.dirty.on {
 		return nil
 	}
+	if m.vm == nil || m.mem == nil {
+		m.dirty.on = false
+		return nil // closed: the slots are gone with the VM
+	}
 	var errs []error
 	for i, b := range m.mem.Blocks() {
 		if err := m.vm.SetUserMemoryRegion(uint32(i), b.GPA, b.Mem, 0); err != nil {
@@ -76,7 +83,7 @@ func (m *Machine) StopDirtyLog() error {
 func (m *Machine) SyncDirty(dst [][]uint64) (int, error) {
 	m.dirty.mu.Lock()
 	defer m.dirty.mu.Unlock()
-	if !m.dirty.on {
+	if !m.dirty.on || m.vm == nil || m.mem == nil {
 		return 0, errors.New("dirty logging is off")
 	}
 	blocks := m.mem.Blocks()
@@ -235,7 +242,7 @@ func (m *Machine) throttleWait(v *vcpu) {
 func (m *Machine) SyncDirtyRange(block, first, words int, dst []uint64) (int, error) {
 	m.dirty.mu.Lock()
 	defer m.dirty.mu.Unlock()
-	if !m.dirty.on {
+	if !m.dirty.on || m.vm == nil || m.mem == nil {
 		return 0, errors.New("dirty logging is off")
 	}
 	if !m.vm.ManualDirtyLogProtect() {

@@ -43,16 +43,23 @@ func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error
 	if err != nil {
 		return nil, err
 	}
+	// Cancel (migrate_cancel, or the VMM shutting down) aborts the load;
+	// Wait waits for it, so RAM is not unmapped under the loader.
+	ctx, cancel := context.WithCancel(ctx)
 	g.mu.Lock()
 	g.started, g.finished, g.errDesc = time.Now(), time.Time{}, ""
 	g.ram = RAMInfo{}
+	g.cancel = cancel
+	g.done = make(chan struct{})
 	g.mu.Unlock()
 	g.setStatus(StatusSetup)
 	out := make(chan error, 1)
 	go func() {
+		defer cancel()
 		err := g.acceptAndLoad(ctx, ln)
 		if err != nil {
 			g.fail(fmt.Errorf("incoming migration from %s: %w", ch, err))
+			g.finishDone()
 		} else {
 			g.finish(StatusCompleted)
 		}

@@ -352,6 +352,19 @@ func TestDestinationKilledMidStream(t *testing.T) {
 	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(src.Cmd.Process.Pid)) {
 		t.Fatalf("the source does not own its disk: %s", holder)
 	}
+
+	// quit in the middle of a migration: the source cancels it and exits
+	// cleanly (RAM is not unmapped under the sender).
+	mig2, dst2Sock := filepath.Join(dir, "mig2.sock"), filepath.Join(dir, "dst2.sock")
+	harness.Start(t, b, dir, "run", cfg, "--incoming", "unix:"+mig2, "--qmp", dst2Sock)
+	waitMigrationStatus(t, qmpClient(t, dst2Sock), "setup")
+	run(`{"execute":"migrate","arguments":{"uri":"unix:` + mig2 + `"}}`)
+	waitMigrationStatus(t, mon, "active")
+	time.Sleep(200 * time.Millisecond)
+	run(`{"execute":"quit"}`)
+	if code := src.Wait(t, 20*time.Second); code != 0 || strings.Contains(src.Stderr.String(), "panic") {
+		t.Fatalf("quit during a migration: exit %d\n%s", code, src.Stderr.String())
+	}
 }
 
 // eventLog records the events a Migrator emits.

@@ -337,6 +337,14 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		}
 	}
 	mig := migration.New(migration.Config{Machine: m, MachineType: mt.Name, Plugins: loader.Migration, Preserved: loader.Preserved, Logger: log.Named("migration"), Emit: emit})
+	defer func() {
+		// A migration still running reads or writes guest RAM: stop it
+		// before the machine (and its RAM) goes away.
+		mig.Cancel()
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		mig.Wait(wctx)
+	}()
 	if f.qmp != "" {
 		srv = qmp.NewServer(qmp.Config{Version: qmp.VersionInfo{Package: "wasmvmm " + version}, Logger: log.Named("qmp")})
 		mon, err := monitor.New(srv, m, vm.Machine.Type)
