@@ -43,6 +43,23 @@ func fdConn(ch Channel) (net.Conn, error) {
 	return c, nil
 }
 
+// socketBuffer is the kernel buffer asked for on each side of a migration
+// socket (capped by net.core.wmem_max/rmem_max): a deeper pipe lets sender
+// and receiver run without waking each other for every few pages.
+const socketBuffer = 8 << 20
+
+// tune sets the buffers of a migration connection.
+func tune(c net.Conn) {
+	type buffered interface {
+		SetReadBuffer(int) error
+		SetWriteBuffer(int) error
+	}
+	if b, ok := c.(buffered); ok {
+		b.SetReadBuffer(socketBuffer)
+		b.SetWriteBuffer(socketBuffer)
+	}
+}
+
 // dial connects to the destination of ch.
 func dial(ctx context.Context, ch Channel) (net.Conn, error) {
 	var d net.Dialer
@@ -53,6 +70,7 @@ func dial(ctx context.Context, ch Channel) (net.Conn, error) {
 		if err != nil {
 			return nil, fmt.Errorf("connect to %s: %w", ch, err)
 		}
+		tune(c)
 		return c, nil
 	case "tcp":
 		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ch.Host, ch.Port))
@@ -64,6 +82,7 @@ func dial(ctx context.Context, ch Channel) (net.Conn, error) {
 			tc.SetKeepAlive(true)
 			tc.SetKeepAlivePeriod(time.Second)
 		}
+		tune(c)
 		return c, nil
 	case "fd":
 		return fdConn(ch)
@@ -96,6 +115,7 @@ func (l *netListener) accept(ctx context.Context) (net.Conn, error) {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(time.Second)
 	}
+	tune(c)
 	return c, nil
 }
 
