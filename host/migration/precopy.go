@@ -279,12 +279,14 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 }
 
 // readyToSwitch decides the switchover. The guest stops once the expected
-// downtime fits the limit and another pass would not help much (the dirty
+// downtime fits the limit (with a reserve) and another pass would not help much (the dirty
 // set shrank by less than a quarter), or once it is small outright (a
 // sixteenth of the limit): a guest that converges keeps iterating towards a
 // short pause, one that does not stops as soon as the limit allows.
 func (p *precopy) readyToSwitch(expected, limit time.Duration, remaining, prev int64) bool {
-	if expected > limit {
+	// An eighth of the limit is kept in reserve for the estimate's error
+	// (the bandwidth of the last pass, a fixed overhead guessed).
+	if expected > limit-limit/8 {
 		return false
 	}
 	converging := remaining*4 < prev*3
