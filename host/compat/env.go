@@ -110,7 +110,7 @@ func (e *Env) Describe(ctx context.Context, name string) (*abi.DeviceInfo, error
 	if err != nil {
 		return nil, err
 	}
-	inst, err := mod.Instantiate(ctx, plugin.InstanceConfig{Name: "describe-" + name, Host: nullHost{clock: machine.NewClock()}, Logger: e.logger()})
+	inst, err := mod.Instantiate(ctx, plugin.InstanceConfig{Name: "describe-" + name, Host: nullHost{clock: plugin.NewVMClock(false)}, Logger: e.logger()})
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"wasmvmm/host/machine/boot"
 	"wasmvmm/host/machine/bus"
 	"wasmvmm/host/machine/config"
+	"wasmvmm/host/plugin"
 )
 
 // Config is everything needed to build a machine.
@@ -61,7 +62,7 @@ type Machine struct {
 	vcpus  []*vcpu
 	PIO    *bus.Bus
 	MMIO   *bus.Bus
-	Clock  *Clock
+	Clock  *plugin.VMClock
 
 	devices []Device
 	pm      pmState
@@ -122,7 +123,7 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 	m := &Machine{
 		cfg: cfg, log: cfg.Logger, state: newRunState(), done: make(chan struct{}),
-		PIO: bus.New("pio"), MMIO: bus.New("mmio"), Clock: NewClock(),
+		PIO: bus.New("pio"), MMIO: bus.New("mmio"), Clock: plugin.NewVMClock(false),
 		layout: boot.MemoryLayout{RAMSize: memSize},
 	}
 	m.pause.init()
@@ -358,7 +359,7 @@ func (m *Machine) pauseTo(to RunState) error {
 	}
 	m.parkVCPUs()
 	if st == StateRunning {
-		m.Clock.Stop()
+		m.Clock.Pause()
 		m.state.emit(Event{Name: "STOP"})
 	}
 	return nil
@@ -399,7 +400,7 @@ func (m *Machine) Resume() error {
 	if err := m.state.set(StateRunning, ""); err != nil {
 		return err
 	}
-	m.Clock.Start()
+	m.Clock.Resume()
 	m.pause.set(false)
 	m.state.emit(Event{Name: "RESUME"})
 	return nil
@@ -413,7 +414,7 @@ func (m *Machine) suspend() {
 		return
 	}
 	m.pause.set(true)
-	m.Clock.Stop()
+	m.Clock.Pause()
 	m.state.emit(Event{Name: "SUSPEND"})
 }
 
@@ -427,7 +428,7 @@ func (m *Machine) Wakeup() error {
 	if err := m.state.set(StateRunning, ""); err != nil {
 		return err
 	}
-	m.Clock.Start()
+	m.Clock.Resume()
 	m.pause.set(false)
 	m.state.emit(Event{Name: "WAKEUP"})
 	return nil
@@ -440,7 +441,7 @@ func (m *Machine) Shutdown(reason string, guest bool) {
 		m.log.Debug("shutdown", "error", err)
 	}
 	m.pause.set(true)
-	m.Clock.Stop()
+	m.Clock.Pause()
 	m.state.emit(Event{Name: "SHUTDOWN", Data: map[string]any{"guest": guest, "reason": reason}})
 	m.stop(0)
 }
@@ -454,7 +455,7 @@ func (m *Machine) internalError(v *vcpu, why string) {
 		m.log.Debug("internal error state", "error", err)
 	}
 	m.pause.set(true)
-	m.Clock.Stop()
+	m.Clock.Pause()
 	m.state.emit(Event{Name: "STOP"})
 	m.stop(1)
 }

@@ -12,7 +12,7 @@ func (m *Machine) StopFor(state RunState) (prev RunState, err error) {
 	}
 	m.parkVCPUs()
 	if prev == StateRunning {
-		m.Clock.Stop()
+		m.Clock.Pause()
 		m.state.emit(Event{Name: "STOP"})
 	}
 	return prev, nil
@@ -28,7 +28,7 @@ func (m *Machine) EnterRunState(to RunState) error {
 		if err := m.state.set(StateRunning, ""); err != nil {
 			return err
 		}
-		m.Clock.Start()
+		m.Clock.Resume()
 		m.pause.set(false)
 		m.state.emit(Event{Name: "RESUME"})
 		return nil
