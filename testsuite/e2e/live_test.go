@@ -409,11 +409,12 @@ func liveMigrator(t *testing.T, ip *harness.InProcess) (*migration.Migrator, *ev
 type fakeDest struct {
 	ch       migration.Channel
 	stopRead chan struct{}
+	hangUp   chan struct{} // closed: the fake closes the connection
 }
 
 func newFakeDest(t *testing.T, answer bool) *fakeDest {
 	t.Helper()
-	f := &fakeDest{stopRead: make(chan struct{})}
+	f := &fakeDest{stopRead: make(chan struct{}), hangUp: make(chan struct{})}
 	f.ch = migration.Channel{Type: "main", Transport: "unix", Path: filepath.Join(t.TempDir(), "fake.sock")}
 	ln, err := net.Listen("unix", f.ch.Path)
 	if err != nil {
@@ -444,6 +445,8 @@ func newFakeDest(t *testing.T, answer bool) *fakeDest {
 			select {
 			case <-f.stopRead:
 				time.Sleep(time.Minute)
+				return
+			case <-f.hangUp:
 				return
 			default:
 			}
@@ -484,9 +487,10 @@ func checkSourceBack(t *testing.T, src *harness.InProcess, want machine.RunState
 }
 
 func TestLiveMigrationCancelInEveryState(t *testing.T) {
-	start := func(t *testing.T) (*harness.InProcess, string) {
+	start := func(t *testing.T, args ...string) (*harness.InProcess, string) {
 		img := scratchImage(t, 16<<20)
-		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier, Backends: map[string]map[string]string{"blk0": {"disk": img}}})
+		cmdline := strings.Join(append([]string{dirtier}, args...), " ")
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: cmdline, Backends: map[string]map[string]string{"blk0": {"disk": img}}})
 		if err := src.M.Start(false); err != nil {
 			t.Fatal(err)
 		}
@@ -575,7 +579,8 @@ func TestLiveMigrationCancelInEveryState(t *testing.T) {
 		waitPasses(t, dst.ip, 1)
 	})
 	t.Run("device", func(t *testing.T) {
-		src, img := start(t)
+		// 48 MiB dirtied flat out: more than the sockets buffer.
+		src, img := start(t, "dirty_end=64M")
 		f := newFakeDest(t, true)
 		g, log := liveMigrator(t, src)
 		g.SetCapabilities([]migration.CapabilityState{{Capability: "pause-before-switchover", State: true}})
@@ -584,7 +589,7 @@ func TestLiveMigrationCancelInEveryState(t *testing.T) {
 		}
 		waitMigStatus(t, g, migration.StatusPreSwitchover)
 		// The destination stops reading: the final pages (the dirtier's
-		// whole range) fill the socket and the source waits in device.
+		// whole range) fill the sockets and the source waits in device.
 		close(f.stopRead)
 		time.Sleep(20 * time.Millisecond)
 		g.Continue(migration.StatusPreSwitchover)
@@ -884,6 +889,38 @@ func TestLiveMigrationFailures(t *testing.T) {
 			t.Fatalf("%+v %v", info, log.evs)
 		}
 		checkSourceBack(t, src, machine.StateRunning, "")
+	})
+	t.Run("completion lost after the destination took the disk", func(t *testing.T) {
+		img := scratchImage(t, 16<<20)
+		src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier, Backends: map[string]map[string]string{"blk0": {"disk": img}}})
+		src.M.Start(false)
+		waitPasses(t, src, 1)
+		g, _ := liveMigrator(t, src)
+		f := newFakeDest(t, true)
+		if err := g.Start(f.ch); err != nil {
+			t.Fatal(err)
+		}
+		waitMigStatus(t, g, migration.StatusDevice)
+		var taken *blockdev.Image
+		for deadline := time.Now().Add(10 * time.Second); taken == nil; time.Sleep(time.Millisecond) {
+			im, err := blockdev.Open(img, blockdev.Options{Owner: "the destination"})
+			if err == nil {
+				taken = im
+			} else if time.Now().After(deadline) {
+				t.Fatalf("the source never gave the disk up: %v", err)
+			}
+		}
+		defer taken.Close()
+		close(f.hangUp)
+		info := waitStatus(t, g)
+		t.Logf("%s: %s", info.Status, info.ErrorDesc)
+		if info.Status != migration.StatusFailed || !strings.Contains(info.ErrorDesc, "could not take its disks back") {
+			t.Fatalf("%s: %s", info.Status, info.ErrorDesc)
+		}
+		// The guest must not run on both sides.
+		if st, _ := src.M.State(); st != machine.StatePostMigrate {
+			t.Fatalf("source %s, want postmigrate", st)
+		}
 	})
 	t.Run("incompatible destination", func(t *testing.T) {
 		img := scratchImage(t, 16<<20)
