@@ -764,3 +764,112 @@ func TestCPRTransferConsoleReconnects(t *testing.T) {
 		t.Fatalf("the old process removed the new one's console socket: %v", err)
 	}
 }
+
+// buildSerialV2 builds a version 2 of the serial-16550 plugin from the
+// real plugin's source: section "serial" at version 2 with a field added in
+// version 2, loading streams from version minVersion on. It returns a
+// plugin directory with it and every other plugin of b.
+func buildSerialV2(t *testing.T, b harness.Build, minVersion int) string {
+	t.Helper()
+	root := harness.RepoRoot()
+	src, err := os.ReadFile(filepath.Join(root, "plugins", "serial-16550", "serial.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(src)
+	for _, r := range [][2]string{
+		{`sdk.Register("serial-16550", "1.0.0"`, `sdk.Register("serial-16550", "2.0.0"`},
+		{`sdk.VMState("serial", &st, sdk.Version(1),`, fmt.Sprintf(`sdk.VMState("serial", &st, sdk.Version(2), sdk.MinimumVersion(%d),`, minVersion)},
+		{"\tFIFOSaved bool `vmstate:\"fifo_saved\"`\n}", "\tFIFOSaved bool `vmstate:\"fifo_saved\"`\n\t// Upgraded is new in version 2.\n\tUpgraded uint32 `vmstate:\"upgraded,since=2\"`\n}"},
+	} {
+		if strings.Count(s, r[0]) != 1 {
+			t.Fatalf("plugins/serial-16550/serial.go changed: %q is not there once; update this test", r[0])
+		}
+		s = strings.Replace(s, r[0], r[1], 1)
+	}
+	rel := filepath.Join("testsuite", "e2e", "testdata", fmt.Sprintf("serial-v2-min%d-%d", minVersion, os.Getpid()))
+	dir := filepath.Join(root, rel)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "serial.go"), []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	ents, err := os.ReadDir(b.PluginDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".wasm") && e.Name() != "serial-16550.wasm" {
+			if err := os.Symlink(filepath.Join(b.PluginDir, e.Name()), filepath.Join(out, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-buildvcs=false", "-o", filepath.Join(out, "serial-16550.wasm"), "./"+rel)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build serial-16550 v2: %v\n%s", err, o)
+	}
+	return out
+}
+
+// TestCPRTransferUpgradesAPlugin hands the guest to a process whose
+// serial-16550 plugin is a newer version (its section at version 2 with a
+// new field): it loads the source's version 1 state and the guest's console
+// goes on. A version that cannot load version 1 refuses in the pre-flight,
+// before the source stops. The upgrade uses --incoming defer, QEMU's JSON
+// channel form and migrate-incoming.
+func TestCPRTransferUpgradesAPlugin(t *testing.T) {
+	s := newCPRSetup(t)
+	refusing := s.b
+	refusing.PluginDir = buildSerialV2(t, s.b, 2)
+	upgraded := s.b
+	upgraded.PluginDir = buildSerialV2(t, s.b, 1)
+	t.Run("v2-without-v1-support-refuses-in-pre-flight", func(t *testing.T) {
+		drain(s.events)
+		mainSock, cprSock := filepath.Join(s.dir, "refuse-main.sock"), filepath.Join(s.dir, "refuse-cpr.sock")
+		harness.Start(t, refusing, s.dir, "run", s.cfg, "--incoming", "unix:"+mainSock, "--incoming", "cpr,unix:"+cprSock)
+		waitSocket(t, cprSock)
+		s.mustRun(t, migrateCmd(mainSock, cprSock))
+		s.failAndCheck(t, "failed", `section "serial" instance 0: version 1 on the source is older than this destination's minimum 2`)
+		expectNoStop(t, s.events)
+	})
+	t.Run("v2-loads-v1", func(t *testing.T) {
+		drain(s.events)
+		mainSock, cprSock, dq := filepath.Join(s.dir, "up-main.sock"), filepath.Join(s.dir, "up-cpr.sock"), filepath.Join(s.dir, "up.qmp")
+		dst := harness.Start(t, upgraded, s.dir, "run", s.cfg, "--incoming", "defer", "--incoming", unixChannel("cpr", cprSock), "--qmp", dq)
+		waitSocket(t, cprSock)
+		s.mustRun(t, migrateCmd(mainSock, cprSock))
+		dmon := qmpClient(t, dq)
+		if st := status(t, dmon); st != "inmigrate" {
+			t.Fatalf("destination %s", st)
+		}
+		if st := status(t, s.mon); st != "running" {
+			t.Fatalf("the source stopped before the main channel: %s", st)
+		}
+		if out, err := dmon.Run([]byte(`{"execute":"migrate-incoming","arguments":{"channels":[` + unixChannel("main", mainSock) + `]}}`)); err != nil {
+			t.Fatalf("migrate-incoming: %v %s", err, out)
+		}
+		ret := waitMigrationStatus(t, s.mon, "completed", "failed", "cancelled")
+		if ret["status"] != "completed" {
+			t.Fatalf("cpr-transfer to the upgraded plugin: %v %v", ret["status"], ret["error-desc"])
+		}
+		last := passes(s.src.SerialText())
+		dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+1), 30*time.Second)
+		deadline := time.Now().Add(30 * time.Second)
+		for strings.Count(dst.SerialText(), "DEV OK pass=") < 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("no device check on the upgraded destination:\n%s", dst.SerialText())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if strings.Contains(dst.SerialText(), "FAIL") {
+			t.Fatalf("a check failed after the upgrade:\n%s", dst.SerialText())
+		}
+		t.Logf("the guest's console goes on through serial-16550 2.0.0 from pass %d", last+1)
+	})
+}
