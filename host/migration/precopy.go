@@ -191,12 +191,19 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	p.dirty = make([][]uint64, len(p.blocks))
 	p.sel = make([][]uint64, len(p.blocks))
 	p.empty = make([][]uint64, len(p.blocks))
+	zeros := 0
 	for i, b := range p.blocks {
 		words := int((b.Pages() + 63) / 64)
 		p.dirty[i] = make([]uint64, words)
 		p.sel[i] = make([]uint64, words)
 		p.empty[i] = make([]uint64, words)
 		residentPages(b, p.dirty[i])
+		if p.preflight {
+			// For a fresh destination only pages with data need to go
+			// (a page that gets data later is in the dirty log), and
+			// only those are worth faulting in ahead of the stream.
+			zeros += dropZeroPages(b, p.dirty[i])
+		}
 	}
 	fresh := false
 	if p.preflight {
@@ -232,6 +239,9 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	g.ram.Total = int64(total)
 	g.ram.Remaining = int64(pending) * vmstate.PageSize
 	g.ram.DirtySyncCount = 1
+	if fresh {
+		g.ram.Duplicate = int64(zeros) // zero pages the destination has already
+	}
 	g.mu.Unlock()
 	g.setStatus(StatusActive)
 	g.emitPass(1)
@@ -404,6 +414,23 @@ func (p *precopy) dropFreshZeros(block int, sel, sent []uint64, first int) int {
 			}
 		}
 		sent[j] |= sel[j]
+	}
+	return n
+}
+
+// dropZeroPages clears the zero pages of b from bm and counts them.
+func dropZeroPages(b *guestmem.Block, bm []uint64) int {
+	n := 0
+	for w, word := range bm {
+		for word != 0 {
+			bit := bits.TrailingZeros64(word)
+			word &= word - 1
+			off := (w*64 + bit) * vmstate.PageSize
+			if isZeroPage(b.Mem[off : off+vmstate.PageSize]) {
+				bm[w] &^= 1 << bit
+				n++
+			}
+		}
 	}
 	return n
 }
