@@ -337,21 +337,12 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 	return r
 }
 
-// socketCopy copies n bytes of non-zero data through a unix socket pair
-// into fresh anonymous memory (first touch included, as on a migration's
-// destination) and returns the throughput in bytes per second.
-func socketCopy(b *testing.B, n int64) float64 {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	wf, rf := os.NewFile(uintptr(fds[0]), "w"), os.NewFile(uintptr(fds[1]), "r")
-	wc, _ := net.FileConn(wf)
-	rc, _ := net.FileConn(rf)
-	wf.Close()
-	rf.Close()
-	defer wc.Close()
-	defer rc.Close()
+// socketCopy copies n bytes of non-zero data through streams unix socket
+// pairs in parallel (a goroutine pair each, n/streams bytes apiece) into
+// fresh anonymous memory (first touch included, as on a migration's
+// destination) and returns the throughput in bytes per second. With
+// streams > 1 it bounds what parallel RAM channels (multifd) could gain.
+func socketCopy(b *testing.B, n int64, streams int) float64 {
 	dst, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		b.Fatal(err)
@@ -361,16 +352,43 @@ func socketCopy(b *testing.B, n int64) float64 {
 	for i := range src {
 		src[i] = byte(i | 1)
 	}
-	start := time.Now()
-	go func() {
-		for sent := int64(0); sent < n; sent += int64(len(src)) {
-			wc.Write(src[:min(int64(len(src)), n-sent)])
+	per := n / int64(streams) &^ 4095
+	var conns []net.Conn
+	for s := 0; s < streams; s++ {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wf, rf := os.NewFile(uintptr(fds[0]), "w"), os.NewFile(uintptr(fds[1]), "r")
+		wc, _ := net.FileConn(wf)
+		rc, _ := net.FileConn(rf)
+		wf.Close()
+		rf.Close()
+		conns = append(conns, wc, rc)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
 		}
 	}()
-	if _, err := io.ReadFull(rc, dst); err != nil {
-		b.Fatal(err)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for s := 0; s < streams; s++ {
+		wc, rc := conns[2*s], conns[2*s+1]
+		part := dst[int64(s)*per : int64(s+1)*per]
+		go func() {
+			for sent := int64(0); sent < per; sent += int64(len(src)) {
+				wc.Write(src[:min(int64(len(src)), per-sent)])
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			io.ReadFull(rc, part)
+		}()
 	}
-	return float64(n) / time.Since(start).Seconds()
+	wg.Wait()
+	return float64(per*int64(streams)) / time.Since(start).Seconds()
 }
 
 // BenchmarkLiveMigration prints wasmvmm and QEMU side by side for every
@@ -419,7 +437,10 @@ func BenchmarkLiveMigration(b *testing.B) {
 				w := res["wasmvmm"]
 				if c.name == "paused/10GiB" && w.converged {
 					raw := float64(w.bytes) / w.total.Seconds()
-					plain := socketCopy(b, w.bytes)
+					plain := socketCopy(b, w.bytes, 1)
+					two := socketCopy(b, w.bytes, 2)
+					fmt.Printf("%4d MiB plain unix-socket copy, 1 stream %.0f MiB/s, 2 parallel streams %.0f MiB/s (what parallel RAM channels could gain here)\n",
+						size, plain/(1<<20), two/(1<<20))
 					fmt.Printf("%4d MiB RAM throughput %.0f MiB/s, plain unix-socket copy of %d MiB into fresh memory %.0f MiB/s: ratio %.2f",
 						size, raw/(1<<20), w.bytes>>20, plain/(1<<20), raw/plain)
 					fmt.Println()
