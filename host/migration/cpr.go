@@ -257,7 +257,11 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	}
 
 	// Everything that can be prepared is, before the pause: the stream
-	// writer (its buffer) and its header.
+	// encoder warmed up on scratch vCPU sections (no device hook runs:
+	// the guest is live), the writer (its buffer) and its header.
+	if err := warmUpSave(len(m.VCPUs()), g.cfg.MachineType); err != nil {
+		return false, "", err
+	}
 	cw := &countingWriter{w: conn}
 	w, err := vmstate.NewWriter(cw, g.cfg.MachineType)
 	if err != nil {
@@ -418,4 +422,26 @@ func (p *cprSource) releaseDescriptors() {
 			}
 		}
 	}
+}
+
+// warmUpSave encodes scratch host sections once: the first encode in a
+// process costs several times a later one, and the real one is inside the
+// pause.
+func warmUpSave(vcpus int, machineType string) error {
+	scratch, err := newHostState(vcpus)
+	if err != nil {
+		return err
+	}
+	reg := vmstate.NewRegistry()
+	for _, d := range scratch.devices {
+		if _, err := reg.Register(d); err != nil {
+			return err
+		}
+	}
+	w, err := vmstate.NewWriter(io.Discard, machineType)
+	if err != nil {
+		return err
+	}
+	w.SuppressVMDesc = true
+	return w.Complete(reg)
 }

@@ -209,6 +209,10 @@ func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRInc
 	g.params.Mode = ModeCPRTransfer
 	g.mu.Unlock()
 	g.setStatus(StatusSetup)
+	if err := g.warmUpLoad(); err != nil {
+		ln.close()
+		return nil, fmt.Errorf("incoming cpr-transfer: %w", err)
+	}
 	in.Hangup()
 	out := make(chan error, 1)
 	go func() {
@@ -341,4 +345,36 @@ func (f *firstByteReader) Read(p []byte) (int, error) {
 		f.at = time.Now()
 	}
 	return n, err
+}
+
+// warmUpLoad runs the state load once on the machine's own fresh state
+// (saved and loaded back unchanged), before the source stops its guest:
+// the first load in a process costs several times a later one (for the
+// test machine's devices 0.7 ms against 0.2 ms), and the real one is
+// inside the pause. The devices are fresh and their events held, so the
+// round trip changes nothing.
+func (g *Migrator) warmUpLoad() error {
+	m := g.cfg.Machine
+	host, err := newHostState(len(m.VCPUs()))
+	if err != nil {
+		return err
+	}
+	reg, err := buildRegistry(m, host)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	w, err := vmstate.NewWriter(&buf, g.cfg.MachineType)
+	if err != nil {
+		return err
+	}
+	w.SuppressVMDesc = true
+	if err := w.Complete(reg); err != nil {
+		return fmt.Errorf("warm-up save: %w", err)
+	}
+	if _, err := vmstate.Load(struct{ io.Reader }{bytes.NewReader(buf.Bytes())}, vmstate.LoadOptions{
+		Machine: g.cfg.MachineType, Registry: reg, AllowMissingVMDesc: true}); err != nil {
+		return fmt.Errorf("warm-up load: %w", err)
+	}
+	return nil
 }

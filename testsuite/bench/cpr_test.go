@@ -28,6 +28,7 @@ import (
 //	CPRBENCH_LIVE=0                  skip normal live migration
 //	CPRBENCH_DIRTY_MB=64             the dirtier's rate in MiB/s (0: flat out)
 //	CPRBENCH_LOG=info                the VMMs' logs (switchover phases) on stderr
+//	CPRBENCH_BINARY=path             another wasmvmm build (A/B comparisons)
 
 const (
 	cprDirtyStart = 16 << 20
@@ -202,6 +203,9 @@ func medianOf(rs []cprRun, f func(cprRun) time.Duration) time.Duration {
 func BenchmarkCPRTransferPause(b *testing.B) {
 	harness.RequireKVM(b)
 	art := harness.Artifacts(b)
+	if bin := os.Getenv("CPRBENCH_BINARY"); bin != "" {
+		art.Binary = bin // compare builds
+	}
 	sizes := envInts("CPRBENCH_SIZES", []int{1024, 4096, 16384})
 	reps := 5
 	if r := envInts("CPRBENCH_REPS", nil); len(r) == 1 && r[0] > 0 {

@@ -792,7 +792,10 @@ func buildSerialV2(t *testing.T, b harness.Build, minVersion int) string {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		os.Remove(filepath.Dir(dir)) // testdata/, when nothing else is there
+	})
 	if err := os.WriteFile(filepath.Join(dir, "serial.go"), []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}
