@@ -135,8 +135,12 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		}
 		if fresh && len(src.Populated) == len(m.Memory().Blocks()) {
 			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			go populate(ctx, m.Memory().Blocks(), src.Populated)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				populate(ctx, m.Memory().Blocks(), src.Populated)
+			}()
+			defer func() { cancel(); <-done }() // not past the load: RAM may go next
 		}
 	}
 	counter := &countingReader{r: r}
