@@ -1,17 +1,15 @@
-// Command virtio-net (plugin virtio-net@v2, release 2.0.0) is the wasmvmm
-// plugin for a virtio network device. It is release 1 (plugins/virtio-net,
-// kept buildable beside it so that source and destination can run either)
-// plus device statistics: frames and bytes sent and received, and frames
-// dropped, counted by the device and migrated in the subsection
-// "virtio-net/stats", which is sent only when a counter is non-zero. A v1
-// destination does not know that subsection, so a v2 device that counted
-// anything cannot migrate back to v1 (QEMU's rule for optional state: a
-// subsection the destination does not know fails the load); a v1 stream
-// loads into v2 with the counters at zero.
+// Package vnet is the virtio-net device (virtio 1.2 §5.1) that the
+// virtio-net plugin releases build: release 1 (plugins/virtio-net) and
+// release 2 (plugins/virtio-net/v2), which adds device statistics (frames and
+// bytes sent and received, frames dropped) migrated in the subsection
+// "virtio-net/stats", sent only when a counter is non-zero. A v1 destination
+// does not know that subsection, so a v2 device that counted anything cannot
+// migrate back to v1 (QEMU's rule for optional state: a subsection the
+// destination does not know fails the load); a v1 stream loads into v2 with
+// the counters at zero. Both releases count; only release 2 migrates the
+// counters.
 //
-// The rest of this comment is release 1's.
-//
-// virtio-net is the wasmvmm plugin for a virtio network device
+// The device is the wasmvmm plugin for a virtio network device
 // (virtio 1.2 §5.1) on the modern virtio-mmio transport (sdk/virtio): one
 // MMIO region of virtio.RegionSize (0x200) bytes, one level-triggered
 // interrupt line (line 0), a receive queue (0) and a transmit queue (1) of
@@ -53,7 +51,7 @@
 //
 // Build: GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared (see
 // host/pluginbuild).
-package main
+package vnet
 
 import (
 	"errors"
@@ -63,8 +61,6 @@ import (
 	"wasmvmm/sdk"
 	"wasmvmm/sdk/virtio"
 )
-
-func main() {}
 
 // Device id, queues and limits.
 const (
@@ -168,9 +164,6 @@ var (
 	hostUSO   = sdk.Bool("host_uso", true, "offer VIRTIO_NET_F_HOST_USO (needs vnet_hdr and csum)")
 	guestUSO4 = sdk.Bool("guest_uso4", true, "offer VIRTIO_NET_F_GUEST_USO4 (needs vnet_hdr and guest_csum)")
 	guestUSO6 = sdk.Bool("guest_uso6", true, "offer VIRTIO_NET_F_GUEST_USO6 (needs vnet_hdr and guest_csum)")
-
-	_ = sdk.VMState("virtio-net", &st, sdk.Version(1), sdk.MinimumVersion(1), sdk.InstanceAny,
-		sdk.Subsection("virtio-net/stats", &stats, stats.any))
 )
 
 // device holds what is not migrated: the backend, the transport, the
@@ -199,11 +192,30 @@ type device struct {
 // reset, which goes through the transport).
 type netHandler struct{ d *device }
 
-func init() {
+// Release says which plugin release a binary is.
+type Release struct {
+	Version string // semver reported to the host
+	Stats   bool   // migrate the statistics subsection (release 2)
+}
+
+// Releases of the plugin.
+var (
+	Release1 = Release{Version: "1.0.0"}
+	Release2 = Release{Version: "2.0.0", Stats: true}
+)
+
+// Register registers the device for a release; the plugin's main package
+// calls it from init.
+func Register(rel Release) {
+	opts := []sdk.Option{sdk.Version(1), sdk.MinimumVersion(1), sdk.InstanceAny}
+	if rel.Stats {
+		opts = append(opts, sdk.Subsection("virtio-net/stats", &stats, stats.any))
+	}
+	_ = sdk.VMState("virtio-net", &st, opts...)
 	d := &device{sg: make([]sdk.SGEntry, 0, 4)}
 	d.rx.init()
 	d.txr.init()
-	sdk.Register("virtio-net", "2.0.0", d)
+	sdk.Register("virtio-net", rel.Version, d)
 }
 
 // Realize adds the register window, opens the "net" backend and sets up

@@ -1,4 +1,4 @@
-package main
+package vnet
 
 import (
 	"errors"
@@ -181,14 +181,20 @@ func (d *device) receive() {
 		total := uint64(n) + uint64(skip)
 		switch {
 		case total > space:
+			stats.RxDropped++
 			d.t.Logf(abi.LogWarn, "rx-size", "frame of %d bytes does not fit the %d bytes of receive buffers; dropped", total, space)
 			continue
 		case total < hdrLen+14:
+			stats.RxDropped++
 			d.t.Logf(abi.LogDebug, "rx-runt", "frame of %d bytes (header included) is shorter than an Ethernet header; dropped", total)
 			continue
 		}
 		ok, pushed := d.deliver(q, total)
 		delivered += pushed
+		if pushed > 0 {
+			stats.RxFrames++
+			stats.RxBytes += total - hdrLen
+		}
 		if !ok {
 			break
 		}

@@ -1,4 +1,4 @@
-package main
+package vnet
 
 import (
 	"encoding/binary"
@@ -140,18 +140,23 @@ func (d *device) txBatch(qs *virtio.QueueState, max int) (int, bool) {
 			break
 		}
 		if c.ReadableLen < hdrLen+14 || c.ReadableLen > hdrLen+maxGSOFrame {
+			stats.TxDropped++
 			d.t.Logf(abi.LogWarn, "tx-size", "transmit chain at head %d has %d bytes (want %d to %d: header and frame); dropped",
 				c.Head, c.ReadableLen, hdrLen+14, hdrLen+maxGSOFrame)
-		} else if _, err := d.be.SendSG(c.Readable, skip); err != nil {
+		} else if n, err := d.be.SendSG(c.Readable, skip); err != nil {
 			if errors.Is(err, abi.ErrAgain) {
 				d.txBlocked = true
 				break
 			}
+			stats.TxDropped++
 			if errors.Is(err, abi.ErrOutOfBounds) {
 				d.t.Logf(abi.LogWarn, "tx-ram", "transmit chain at head %d has a buffer outside guest RAM; dropped", c.Head)
 			} else {
 				d.t.Logf(abi.LogWarn, "tx-io", "transmit chain at head %d: %v; dropped", c.Head, err)
 			}
+		} else {
+			stats.TxFrames++
+			stats.TxBytes += uint64(n)
 		}
 		le.PutUint64(r.used[virtio.UsedElemSize*done:], uint64(head)) // id, len 0
 	}
