@@ -37,10 +37,10 @@ import (
 //     record for pages never populated on the source (mincore) nor for zero
 //     pages it never received; it faults in the pages the first pass will
 //     send ahead of the stream.
-//   - The downtime estimate uses the bandwidth of the socket itself (time
-//     spent writing, not waiting for max-bandwidth), since the switchover is
-//     not rate limited; a guest whose dirty set still shrinks keeps
-//     iterating towards a short pause (readyToSwitch).
+//   - The downtime estimate uses the pass's own speed without the waits
+//     max-bandwidth imposed, since the switchover is not rate limited; a
+//     guest whose dirty set still shrinks keeps iterating towards a short
+//     pause (readyToSwitch).
 //
 // multifd-channels is accepted but RAM goes over one channel: on the 2-CPU
 // machines this project runs on, the sender (about 1.9 GB/s into a sink)
@@ -254,11 +254,14 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	p.lastSync = time.Now()
 	prevRemaining := int64(pending) * vmstate.PageSize
 	for {
-		passStart, bytes0, busy0 := time.Now(), p.sw.n, p.sw.busy
+		passStart, bytes0, slept0 := time.Now(), p.sw.n, p.sw.lim.slept
 		if err := p.sendDirty(); err != nil {
 			return false, "", nil, err
 		}
-		if b, d := p.sw.n-bytes0, p.sw.busy-busy0; d > time.Millisecond && b > 1<<20 {
+		// The switchover is not rate limited: its speed is the pass's
+		// bytes over the pass's time less the limiter's waits (sender CPU
+		// and the receiver's backpressure included).
+		if b, d := p.sw.n-bytes0, time.Since(passStart)-(p.sw.lim.slept-slept0); d > time.Millisecond && b > 1<<20 {
 			p.bandwidth = float64(b) / d.Seconds()
 		}
 		g.mu.Lock()

@@ -63,7 +63,6 @@ type streamWriter struct {
 	lim     *rateLimiter
 	timeout func() time.Duration
 	n       int64
-	busy    time.Duration // time spent inside conn.Write
 }
 
 func (s *streamWriter) Write(p []byte) (int, error) {
@@ -80,9 +79,7 @@ func (s *streamWriter) Write(p []byte) (int, error) {
 		if d := s.timeout(); d > 0 {
 			s.conn.SetWriteDeadline(time.Now().Add(d))
 		}
-		t := time.Now()
 		n, err := s.conn.Write(p[written : written+chunk])
-		s.busy += time.Since(t)
 		written += n
 		s.n += int64(n)
 		if err != nil {
