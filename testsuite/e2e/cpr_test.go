@@ -155,17 +155,16 @@ func tapIn(pid int, ifname string) bool {
 
 // cprSetup is a source process with every device, ready to hand over.
 type cprSetup struct {
-	b          harness.Build
-	dir, cfg   string
-	img, tap   string
-	src        *harness.VM
-	srcSock    string
-	mon        *qmp.SocketMonitor
-	events     <-chan qmp.Event
-	echo       *tapEcho
-	screenW    int
-	screenH    int
-	cancelEvts context.CancelFunc
+	b        harness.Build
+	dir, cfg string
+	img, tap string
+	src      *harness.VM
+	srcSock  string
+	mon      *qmp.SocketMonitor
+	events   <-chan qmp.Event
+	echo     *tapEcho
+	screenW  int
+	screenH  int
 }
 
 const cprCmdline = " dirty_rate_mb=64 blk_test=1 net_test=1 gpu_test=1 dev_every=2"
