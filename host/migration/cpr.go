@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"time"
 
@@ -262,6 +263,7 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	if err := warmUpSave(len(m.VCPUs()), g.cfg.MachineType); err != nil {
 		return false, "", err
 	}
+	warmUpHeap(stateSize(reg))
 	cw := &countingWriter{w: conn}
 	w, err := vmstate.NewWriter(cw, g.cfg.MachineType)
 	if err != nil {
@@ -444,4 +446,44 @@ func warmUpSave(vcpus int, machineType string) error {
 	}
 	w.SuppressVMDesc = true
 	return w.Complete(reg)
+}
+
+// stateSize is the largest number of bytes the sections of reg can put on
+// the wire (every field at its full size).
+func stateSize(reg *vmstate.Registry) int {
+	var sectionSize func(sec *abi.Section) int
+	sectionSize = func(sec *abi.Section) int {
+		n := 0
+		for _, f := range sec.Fields {
+			n += int(f.Size) * int(max(f.Count, 1))
+		}
+		for i := range sec.Subsections {
+			n += sectionSize(&sec.Subsections[i])
+		}
+		return n
+	}
+	total := 0
+	for _, d := range reg.Devices() {
+		total += sectionSize(d.Schema)
+	}
+	return total
+}
+
+// warmUpHeap makes the memory the state's buffers will take resident
+// before the pause: a fresh page costs a fault on first touch (several
+// microseconds on a nested host), and a device with megabytes of state
+// (a display's resources) takes a few buffers of its size. The buffer is
+// touched and freed, and a collection returns its pages to the heap for
+// the next allocations.
+func warmUpHeap(stateBytes int) {
+	if stateBytes < 1<<20 {
+		return
+	}
+	b := make([]byte, 3*stateBytes)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	runtime.KeepAlive(b)
+	b = nil
+	runtime.GC()
 }

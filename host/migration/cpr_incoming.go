@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -375,6 +376,11 @@ func (g *Migrator) warmUpLoad() error {
 	if _, err := vmstate.Load(struct{ io.Reader }{bytes.NewReader(buf.Bytes())}, vmstate.LoadOptions{
 		Machine: g.cfg.MachineType, Registry: reg, AllowMissingVMDesc: true}); err != nil {
 		return fmt.Errorf("warm-up load: %w", err)
+	}
+	if buf.Len() >= 1<<20 {
+		// The warm-up's buffers are garbage once this returns; the
+		// collection hands their (resident) pages to the real load.
+		defer runtime.GC()
 	}
 	return nil
 }
