@@ -54,6 +54,9 @@ import (
 // covers: 16 MiB of RAM, so that cancel, stats and pacing react quickly.
 const chunkWords = 64
 
+// syncPeriod bounds the time between two dirty-log syncs while RAM is sent.
+const syncPeriod = time.Second
+
 // switchoverOverhead is the part of the downtime that does not depend on
 // RAM: vCPU and device state, disk hand-over, the destination's load.
 const switchoverOverhead = 5 * time.Millisecond
@@ -72,8 +75,10 @@ type precopy struct {
 	reg    *vmstate.Registry
 
 	dirty [][]uint64 // pages still to send
-	sel   [][]uint64 // scratch: the chunk being sent
-	empty [][]uint64 // all-zero bitmaps
+	// curBlock and curWord are where the sweep over dirty goes on.
+	curBlock, curWord int
+	sel               [][]uint64 // scratch: the chunk being sent
+	empty             [][]uint64 // all-zero bitmaps
 	// sent marks pages the destination received; nil unless the
 	// destination's RAM is fresh, in which case a zero page never sent
 	// needs no record at all (the destination's page is zero already).
@@ -249,18 +254,21 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	g.emitPass(1)
 	g.log.Debug("setup", "time", time.Since(setupStart), "fresh", fresh, "pages", pending)
 
-	// Passes until the rest fits in the downtime limit.
+	// Passes until the rest fits in the downtime limit. The dirty log is
+	// synced at the end of each sweep over RAM and at least every
+	// syncPeriod within one, so that the switchover and auto-converge
+	// react while a long first pass (a big guest, a narrow link) runs.
 	p.freshChunks = true
 	p.lastSync = time.Now()
 	prevRemaining := int64(pending) * vmstate.PageSize
 	for {
 		passStart, bytes0, slept0 := time.Now(), p.sw.n, p.sw.lim.slept
-		if err := p.sendDirty(); err != nil {
+		if _, err := p.sendDirty(passStart.Add(syncPeriod)); err != nil {
 			return false, "", nil, err
 		}
-		// The switchover is not rate limited: its speed is the pass's
-		// bytes over the pass's time less the limiter's waits (sender CPU
-		// and the receiver's backpressure included).
+		// The switchover is not rate limited: its speed is the period's
+		// bytes over the period's time less the limiter's waits (sender
+		// CPU and the receiver's backpressure included).
 		if b, d := p.sw.n-bytes0, time.Since(passStart)-(p.sw.lim.slept-slept0); d > time.Millisecond && b > 1<<20 {
 			p.bandwidth = float64(b) / d.Seconds()
 		}
@@ -274,9 +282,9 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		if err != nil {
 			return false, "", nil, err
 		}
-		remaining := int64(n) * vmstate.PageSize
+		remaining := p.pendingBytes()
 		expected := p.expectedDowntime(remaining)
-		g.log.Debug("pass", "sent", p.sw.n-bytes0, "send", sendTime, "sync", time.Since(passStart)-sendTime, "dirty", n, "expected_downtime", expected, "bandwidth_MiBps", int(p.bandwidth/(1<<20)))
+		g.log.Debug("sync", "sent", p.sw.n-bytes0, "send", sendTime, "sync", time.Since(passStart)-sendTime, "new_dirty", n, "remaining", remaining, "expected_downtime", expected, "bandwidth_MiBps", int(p.bandwidth/(1<<20)))
 		g.mu.Lock()
 		g.ram.DirtySyncCount++
 		g.ram.Remaining = remaining
@@ -294,7 +302,7 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		}
 		prevRemaining = remaining
 		if autoConverge {
-			p.autoConverge(remaining)
+			p.autoConverge(int64(n) * vmstate.PageSize)
 		}
 		p.lastSync, p.lastSyncBytes = time.Now(), p.sw.n
 	}
@@ -352,53 +360,79 @@ func (p *precopy) autoConverge(dirtyBytes int64) {
 	p.g.log.Debug("auto-converge", "throttle", p.throttle)
 }
 
-// sendDirty sends every page in p.dirty, a chunk at a time, clearing it.
-func (p *precopy) sendDirty() error {
+// sendDirty sends the pages in p.dirty a chunk at a time, clearing them,
+// from the cursor on: until the end of RAM (then the cursor goes back to
+// the start and it reports true) or, with a non-zero deadline, until the
+// deadline passes.
+func (p *precopy) sendDirty(deadline time.Time) (bool, error) {
 	list := make([][]uint64, len(p.blocks))
-	for i := range p.blocks {
+	for {
+		if p.curBlock >= len(p.blocks) {
+			p.curBlock, p.curWord = 0, 0
+			return true, p.w.Flush()
+		}
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return false, p.w.Flush()
+		}
+		i := p.curBlock
 		bm, sel := p.dirty[i], p.sel[i]
+		if p.curWord >= len(bm) {
+			p.curBlock, p.curWord = i+1, 0
+			continue
+		}
+		w := p.curWord
+		end := min(w+chunkWords, len(bm))
+		p.curWord = end
+		if p.freshChunks {
+			// Writes since the last sync, to pages not sent yet, go out
+			// with this chunk instead of again after the next sync.
+			n, err := p.m.SyncDirtyRange(i, w, end-w, bm[w:end])
+			if err != nil {
+				return false, err
+			}
+			p.g.mu.Lock()
+			p.g.ram.Remaining += int64(n) * vmstate.PageSize
+			p.g.mu.Unlock()
+		}
+		pending := 0
+		for j := w; j < end; j++ {
+			pending += bits.OnesCount64(bm[j])
+		}
+		if pending == 0 {
+			continue
+		}
 		copy(list, p.empty)
 		list[i] = sel
-		for w := 0; w < len(bm); w += chunkWords {
-			end := min(w+chunkWords, len(bm))
-			if p.freshChunks {
-				// Writes since the pass began, to pages not sent yet,
-				// go out with this chunk instead of again next pass.
-				n, err := p.m.SyncDirtyRange(i, w, end-w, bm[w:end])
-				if err != nil {
-					return err
-				}
-				p.g.mu.Lock()
-				p.g.ram.Remaining += int64(n) * vmstate.PageSize
-				p.g.mu.Unlock()
+		copy(sel[w:end], bm[w:end])
+		clear(bm[w:end])
+		skipped := 0
+		if p.sent != nil {
+			skipped = p.dropFreshZeros(i, sel[w:end], p.sent[i][w:end], w)
+		}
+		if skipped < pending {
+			st, err := p.w.RAMPart(list)
+			if err != nil {
+				clear(sel[w:end])
+				return false, err
 			}
-			pending := 0
-			for j := w; j < end; j++ {
-				pending += bits.OnesCount64(bm[j])
-			}
-			if pending == 0 {
-				continue
-			}
-			copy(sel[w:end], bm[w:end])
-			clear(bm[w:end])
-			skipped := 0
-			if p.sent != nil {
-				skipped = p.dropFreshZeros(i, sel[w:end], p.sent[i][w:end], w)
-			}
-			if skipped < pending {
-				st, err := p.w.RAMPart(list)
-				if err != nil {
-					return err
-				}
-				st.ZeroPages += uint64(skipped)
-				p.account(st, int64(pending))
-			} else {
-				p.account(vmstate.RAMStats{ZeroPages: uint64(skipped)}, int64(pending))
-			}
-			clear(sel[w:end])
+			st.ZeroPages += uint64(skipped)
+			p.account(st, int64(pending))
+		} else {
+			p.account(vmstate.RAMStats{ZeroPages: uint64(skipped)}, int64(pending))
+		}
+		clear(sel[w:end])
+	}
+}
+
+// pendingBytes counts the bytes of the pages still to send.
+func (p *precopy) pendingBytes() int64 {
+	n := 0
+	for _, bm := range p.dirty {
+		for _, w := range bm {
+			n += bits.OnesCount64(w)
 		}
 	}
-	return p.w.Flush()
+	return int64(n) * vmstate.PageSize
 }
 
 // dropFreshZeros removes from sel the zero pages the destination never
@@ -495,16 +529,17 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if err != nil {
 		return true, prev, gaveUp, err
 	}
-	n, err := m.SyncDirty(p.dirty)
-	if err != nil {
+	if _, err := m.SyncDirty(p.dirty); err != nil {
 		return true, prev, gaveUp, err
 	}
 	tm.mark("sync")
+	final := p.pendingBytes()
 	g.mu.Lock()
 	g.ram.DirtySyncCount++
-	g.ram.Remaining = int64(n) * vmstate.PageSize
+	g.ram.Remaining = final
 	g.mu.Unlock()
-	if err := p.sendDirty(); err != nil {
+	p.curBlock, p.curWord = 0, 0
+	if _, err := p.sendDirty(time.Time{}); err != nil {
 		return true, prev, gaveUp, err
 	}
 	if _, err := p.w.RAMEnd(p.empty); err != nil {
@@ -540,7 +575,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 		}
 		tm.mark("destination")
 	}
-	g.log.Info("switchover", "pages", n, "stop", tm.t0.Sub(stopAt), "phases", tm.String())
+	g.log.Info("switchover", "bytes", final, "stop", tm.t0.Sub(stopAt), "phases", tm.String())
 	g.mu.Lock()
 	g.downtime = time.Since(stopAt)
 	g.ram.Transferred = p.sw.n
