@@ -581,6 +581,16 @@ func TestCPRTransferFailuresKeepTheSource(t *testing.T) {
 		if st := status(t, s.mon); st != "finish-migrate" {
 			t.Fatalf("source %s in pre-switchover", st)
 		}
+		// Both processes now hold the same open files: RAM, tap, disk.
+		srcPID, dstPID := s.src.Cmd.Process.Pid, dst.Cmd.Process.Pid
+		for _, what := range []struct{ name, prefix string }{
+			{"RAM memfd", "/memfd:wasmvmm:ram-low"}, {"disk image", s.img}, {"tap", "tap:" + s.tap},
+		} {
+			a, b := fdOf(t, srcPID, what.prefix), fdOf(t, dstPID, what.prefix)
+			if !sameOpenFile(srcPID, a, dstPID, b) {
+				t.Fatalf("%s: source fd %d and destination fd %d are different open files", what.name, a, b)
+			}
+		}
 		dst.Cmd.Process.Kill()
 		dst.Wait(t, 10*time.Second)
 		s.mustRun(t, `{"execute":"migrate-continue","arguments":{"state":"pre-switchover"}}`)
@@ -874,4 +884,39 @@ func TestCPRTransferUpgradesAPlugin(t *testing.T) {
 		}
 		t.Logf("the guest's console goes on through serial-16550 2.0.0 from pass %d", last+1)
 	})
+}
+
+// fdOf returns the descriptor number of pid whose link starts with prefix;
+// "tap:NAME" finds the /dev/net/tun descriptor attached to NAME.
+func fdOf(t *testing.T, pid int, prefix string) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		l, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		n, _ := strconv.Atoi(e.Name())
+		if ifname, ok := strings.CutPrefix(prefix, "tap:"); ok {
+			info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+			if l == "/dev/net/tun" && strings.Contains(string(info), "iff:\t"+ifname+"\n") {
+				return n
+			}
+			continue
+		}
+		if strings.HasPrefix(l, prefix) {
+			return n
+		}
+	}
+	t.Fatalf("pid %d has no descriptor for %s", pid, prefix)
+	return -1
+}
+
+// sameOpenFile reports whether fd a of pid p and fd b of pid q are the same
+// open file description (kcmp KCMP_FILE).
+func sameOpenFile(p, a, q, b int) bool {
+	const kcmpFile = 0
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(p), uintptr(q), kcmpFile, uintptr(a), uintptr(b), 0)
+	return errno == 0 && r == 0
 }
