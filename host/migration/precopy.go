@@ -42,12 +42,12 @@ import (
 //     guest whose dirty set still shrinks keeps iterating towards a short
 //     pause (readyToSwitch).
 //
-// multifd-channels is accepted but RAM goes over one channel: on the 2-CPU
-// machines this project runs on, the sender (about 1.9 GB/s into a sink)
-// and the receiver (about 1.6 GB/s from memory into fresh RAM) already keep
-// both CPUs busy during a migration, and the benchmark's plain copy into
-// fresh memory is slower over two parallel unix sockets than over one
-// (1207 against 1887 MiB/s in one run), so parallel channels would not pay.
+// multifd-channels is accepted but RAM goes over one channel (not
+// implemented). Measured here (BenchmarkLiveMigration's plain copies into
+// fresh memory): two parallel unix sockets reached 1.6-2x one socket when
+// the machine was otherwise idle and 0.64x when other work shared its two
+// CPUs; the one-channel migration already reaches 0.8-0.9x one plain socket
+// when idle. Parallel channels are the next step for idle hosts.
 // Transport code (channel.go) stays apart from this loop.
 
 // chunkWords is how many bitmap words (64 pages each) one PART section
