@@ -70,3 +70,33 @@ func activateDisks(ds []ownedDisk) error {
 	}
 	return errors.Join(errs...)
 }
+
+// ResumeAfterMigration is QMP cont on a source in postmigrate: like QEMU,
+// it takes back the disks the migration gave up before the guest runs
+// again. If another VMM (the destination) owns a disk, nothing resumes and
+// the error names the holder.
+func (g *Migrator) ResumeAfterMigration() error {
+	m := g.cfg.Machine
+	if st, _ := m.State(); st != machine.StatePostMigrate {
+		return fmt.Errorf("the machine is %s, not postmigrate", st)
+	}
+	if g.Status().Running() {
+		return errors.New("a migration is running")
+	}
+	var inactive []ownedDisk
+	for _, d := range disks(m) {
+		if !d.Active() {
+			inactive = append(inactive, d)
+		}
+	}
+	for i, d := range inactive {
+		if err := d.Activate(); err != nil {
+			// Give back what this call took, so nothing is half-owned.
+			for _, t := range inactive[:i] {
+				t.Inactivate()
+			}
+			return fmt.Errorf("cannot resume: activate disk %s: %w", d.Path(), err)
+		}
+	}
+	return m.EnterRunState(machine.StateRunning)
+}

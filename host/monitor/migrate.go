@@ -112,6 +112,7 @@ type Migration struct {
 
 // RegisterMigration adds the migration commands.
 func (mon *Monitor) RegisterMigration(mg *Migration) error {
+	mon.mig = mg
 	g := mg.G
 	cmds := map[string]qmp.Handler{
 		"migrate": qmp.Typed(func(ctx context.Context, a MigrateArgs) (any, error) {

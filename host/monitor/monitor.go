@@ -16,6 +16,7 @@ type Monitor struct {
 	srv  *qmp.Server
 	m    *machine.Machine
 	name string
+	mig  *Migration // set by RegisterMigration
 }
 
 // StatusInfo is the result of query-status.
@@ -92,6 +93,14 @@ func (mon *Monitor) cont(ctx context.Context) (any, error) {
 		return nil, qmp.Errorf(qmp.ClassGenericError, "The guest is suspended; use system_wakeup")
 	case machine.StateShutdown, machine.StateInternalError:
 		return nil, qmp.Errorf(qmp.ClassGenericError, "Resetting the Virtual Machine is required")
+	case machine.StatePostMigrate:
+		if mon.mig != nil {
+			// Take the disks back first, as QEMU does on cont.
+			if err := mon.mig.G.ResumeAfterMigration(); err != nil {
+				return nil, err
+			}
+			return struct{}{}, nil
+		}
 	}
 	if err := mon.m.Resume(); err != nil {
 		return nil, err

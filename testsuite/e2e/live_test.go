@@ -301,6 +301,26 @@ func TestLiveMigrationBetweenProcessesWithTheCLI(t *testing.T) {
 	if ret["status"] != "completed" {
 		t.Fatalf("destination query-migrate: %v", ret)
 	}
+	// cont on the source (postmigrate) must first take the disk back, as
+	// QEMU does: refused while the destination owns it, naming the holder.
+	if out, err := mon.Run([]byte(`{"execute":"cont"}`)); err == nil {
+		t.Fatalf("cont on the source while the destination owns the disk: %s", out)
+	} else if !strings.Contains(err.Error(), fmt.Sprint(dst.Cmd.Process.Pid)) {
+		t.Fatalf("cont refused without naming the holder: %v", err)
+	}
+	if s := status(t, mon); s != "postmigrate" {
+		t.Fatalf("source after a refused cont: %s", s)
+	}
+	// Once the destination is gone, cont takes the disk back and runs.
+	qmpRun(t, dmon, "quit")
+	dst.Wait(t, 20*time.Second)
+	qmpRun(t, mon, "cont")
+	if s := status(t, mon); s != "running" {
+		t.Fatalf("source after cont: %s", s)
+	}
+	if holder := ownerRefused(t, img); !strings.Contains(holder, fmt.Sprint(src.Cmd.Process.Pid)) {
+		t.Fatalf("after cont the disk is not the source's again: %s", holder)
+	}
 }
 
 // TestDestinationKilledMidStream: the source fails the migration, owns its
