@@ -237,11 +237,7 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	p.conn = conn
 	stop := context.AfterFunc(p.ctx, func() { conn.Close() })
 	defer stop()
-	host, err := newHostState(len(m.VCPUs()))
-	if err != nil {
-		return false, "", err
-	}
-	reg, err := buildRegistry(m, host)
+	host, reg, err := machineRegistry(m)
 	if err != nil {
 		return false, "", err
 	}

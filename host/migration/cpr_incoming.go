@@ -217,9 +217,10 @@ func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRInc
 	in.Hangup()
 	out := make(chan error, 1)
 	go func() {
-		err := g.acceptCPR(ctx, ln)
+		err := g.acceptAndLoad(ctx, ln, g.loadCPR)
 		if err != nil {
 			g.fail(fmt.Errorf("incoming cpr-transfer on %s: %w", ch, err))
+			g.finishDone()
 		} else {
 			g.finish(StatusCompleted)
 		}
@@ -228,28 +229,11 @@ func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRInc
 	return out, nil
 }
 
-func (g *Migrator) acceptCPR(ctx context.Context, ln listener) error {
-	conn, err := ln.accept(ctx)
-	ln.close()
-	if err != nil {
-		return fmt.Errorf("accept: %w", err)
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	g.setStatus(StatusActive)
-	return g.loadCPR(conn)
-}
-
 // loadCPR answers the pre-flight and loads vCPU and device state; RAM is
 // already the guest's.
 func (g *Migrator) loadCPR(conn net.Conn) error {
 	m := g.cfg.Machine
-	host, err := newHostState(len(m.VCPUs()))
-	if err != nil {
-		return err
-	}
-	reg, err := buildRegistry(m, host)
+	host, reg, err := machineRegistry(m)
 	if err != nil {
 		return err
 	}
@@ -356,11 +340,7 @@ func (f *firstByteReader) Read(p []byte) (int, error) {
 // round trip changes nothing.
 func (g *Migrator) warmUpLoad() error {
 	m := g.cfg.Machine
-	host, err := newHostState(len(m.VCPUs()))
-	if err != nil {
-		return err
-	}
-	reg, err := buildRegistry(m, host)
+	_, reg, err := machineRegistry(m)
 	if err != nil {
 		return err
 	}

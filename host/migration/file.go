@@ -280,11 +280,7 @@ func (g *Migrator) loadFile(ch Channel) error {
 	if _, err := f.Seek(ch.Offset, io.SeekStart); err != nil {
 		return err
 	}
-	host, err := newHostState(len(m.VCPUs()))
-	if err != nil {
-		return err
-	}
-	reg, err := buildRegistry(m, host)
+	host, reg, err := machineRegistry(m)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error
 	out := make(chan error, 1)
 	go func() {
 		defer cancel()
-		err := g.acceptAndLoad(ctx, ln)
+		err := g.acceptAndLoad(ctx, ln, g.loadLive)
 		if err != nil {
 			g.fail(fmt.Errorf("incoming migration from %s: %w", ch, err))
 			g.finishDone()
@@ -68,7 +68,9 @@ func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error
 	return out, nil
 }
 
-func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener) error {
+// acceptAndLoad takes the source's connection on ln and loads it with
+// load (live migration, or the main channel of a cpr-transfer).
+func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener, load func(net.Conn) error) error {
 	conn, err := ln.accept(ctx)
 	ln.close()
 	if err != nil {
@@ -78,17 +80,13 @@ func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	g.setStatus(StatusActive)
-	return g.loadLive(conn)
+	return load(conn)
 }
 
 // loadLive reads one migration from conn into the machine.
 func (g *Migrator) loadLive(conn net.Conn) error {
 	m := g.cfg.Machine
-	host, err := newHostState(len(m.VCPUs()))
-	if err != nil {
-		return err
-	}
-	reg, err := buildRegistry(m, host)
+	host, reg, err := machineRegistry(m)
 	if err != nil {
 		return err
 	}

@@ -82,3 +82,17 @@ func buildRegistry(m *machine.Machine, host *hostState) (*vmstate.Registry, erro
 	}
 	return reg, nil
 }
+
+// machineRegistry builds the host sections for m's vCPUs and the registry
+// of every section m migrates.
+func machineRegistry(m *machine.Machine) (*hostState, *vmstate.Registry, error) {
+	host, err := newHostState(len(m.VCPUs()))
+	if err != nil {
+		return nil, nil, err
+	}
+	reg, err := buildRegistry(m, host)
+	if err != nil {
+		return nil, nil, err
+	}
+	return host, reg, nil
+}
