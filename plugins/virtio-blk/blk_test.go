@@ -8,12 +8,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"wasmvmm/testsuite/plugintest"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -35,29 +35,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "wasmvmm-virtio-blk-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	wasmPath = filepath.Join(dir, "virtio-blk.wasm")
-	cacheRoot = filepath.Join(dir, "cache")
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = "/usr/local/go/bin/go"
-	}
-	cmd := exec.Command(goTool, "build", "-buildmode=c-shared", "-o", wasmPath, ".")
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the plugin: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+	os.Exit(plugintest.Main(m, "virtio-blk", &wasmPath, &cacheRoot))
 }
 
 // host is a plugin.Host over real guest RAM and a real image, recording the
@@ -101,22 +79,9 @@ func (h *host) irq() (bool, int) {
 }
 
 // bus and ram adapt the instance and guestmem to virtiotest.
-type bus struct{ i *plugin.Instance }
+type bus = plugintest.Bus
 
-func (b bus) Read(off uint64, size int) uint64     { return b.i.MMIORead(0, off, size) }
-func (b bus) Write(off uint64, size int, v uint64) { b.i.MMIOWrite(0, off, size, v) }
-
-type ram struct{ m *guestmem.Memory }
-
-func (r ram) Read(gpa uint64, p []byte) error {
-	_, err := r.m.ReadAt(p, int64(gpa))
-	return err
-}
-
-func (r ram) Write(gpa uint64, p []byte) error {
-	_, err := r.m.WriteAt(p, int64(gpa))
-	return err
-}
+type ram = plugintest.RAM
 
 const (
 	ramSize    = 32 << 20
@@ -211,8 +176,8 @@ func start(t testing.TB, path string, img *blockdev.Image, mem *guestmem.Memory,
 	if err := inst.Realize(props); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, h: h, inst: inst, img: img, path: path, logs: logs, rt: rt, guest: ram{mem}}
-	e.drv = &virtiotest.Driver{Bus: bus{inst}, RAM: e.guest}
+	e := &env{t: t, h: h, inst: inst, img: img, path: path, logs: logs, rt: rt, guest: ram{M: mem}}
+	e.drv = &virtiotest.Driver{Bus: bus{I: inst}, RAM: e.guest}
 	return e
 }
 
@@ -599,7 +564,7 @@ func TestMigrateState(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The driver goes on with the same rings against the destination.
-	src.drv.Bus, src.inst = bus{dst.inst}, dst.inst
+	src.drv.Bus, src.inst = bus{I: dst.inst}, dst.inst
 	if _, st := src.request(reqOut, 1, []virtiotest.Buf{{Addr: dataAddr, Len: 512}}, false); st != statusOK {
 		t.Fatalf("write after migration: status %d", st)
 	}

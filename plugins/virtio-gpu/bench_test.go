@@ -34,7 +34,7 @@ func benchFrame(b *testing.B) (*env, [][]byte) {
 	}
 	var src [][]byte
 	for _, p := range pages {
-		s, err := e.guest.m.Slice(p.Addr, uint64(p.Len))
+		s, err := e.guest.M.Slice(p.Addr, uint64(p.Len))
 		if err != nil {
 			b.Fatal(err)
 		}

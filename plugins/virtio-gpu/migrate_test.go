@@ -90,7 +90,7 @@ func scene(e *env) {
 func save(t *testing.T, e *env) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	if err := vmstate.Save(&out, machineName, e.guest.m.Blocks(), registry(t, e.inst)); err != nil {
+	if err := vmstate.Save(&out, machineName, e.guest.M.Blocks(), registry(t, e.inst)); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes()
@@ -137,7 +137,7 @@ func TestMigrate(t *testing.T) {
 
 			dst := start(t, nil, props)
 			if _, err := vmstate.Load(bytes.NewReader(stream), vmstate.LoadOptions{
-				Machine: machineName, Blocks: dst.guest.m.Blocks(), Registry: registry(t, dst.inst),
+				Machine: machineName, Blocks: dst.guest.M.Blocks(), Registry: registry(t, dst.inst),
 			}); err != nil {
 				t.Fatalf("load: %v\n%s", err, dst.logs)
 			}
@@ -153,7 +153,7 @@ func TestMigrate(t *testing.T) {
 			}
 			// The driver goes on against the destination: resource 2's
 			// migrated page list and pixels, shown on the scanout.
-			src.inst, src.drv.Bus, src.drv.RAM, src.guest = dst.inst, bus{dst.inst}, dst.guest, dst.guest
+			src.inst, src.drv.Bus, src.drv.RAM, src.guest = dst.inst, bus{I: dst.inst}, dst.guest, dst.guest
 			if st := src.setScanout(0, 2, 0, 0, 64, 64); st != respOKNoData {
 				t.Fatalf("set scanout after migration: %#x", st)
 			}
@@ -225,7 +225,7 @@ func TestScanoutSchema(t *testing.T) {
 		scene(src)
 		dst := envs[c[1]]
 		_, err := vmstate.Load(bytes.NewReader(save(t, src)), vmstate.LoadOptions{
-			Machine: machineName, Blocks: dst.guest.m.Blocks(), Registry: registry(t, dst.inst),
+			Machine: machineName, Blocks: dst.guest.M.Blocks(), Registry: registry(t, dst.inst),
 		})
 		if err == nil {
 			t.Errorf("a stream of scanout layout %d loaded into a device of layout %d", c[0], c[1])
@@ -270,7 +270,7 @@ func TestLoadRefusesInconsistentState(t *testing.T) {
 		// Load, then corrupt resource entry 0 or 1 in memory and run
 		// post-load again, as a stream carrying those values would.
 		if _, err := vmstate.Load(bytes.NewReader(stream), vmstate.LoadOptions{
-			Machine: machineName, Blocks: dst.guest.m.Blocks(), Registry: registry(t, dst.inst),
+			Machine: machineName, Blocks: dst.guest.M.Blocks(), Registry: registry(t, dst.inst),
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -318,11 +318,11 @@ func TestMigratePendingCommands(t *testing.T) {
 	stream := save(t, src)
 	dst := start(t, nil, nil)
 	if _, err := vmstate.Load(bytes.NewReader(stream), vmstate.LoadOptions{
-		Machine: machineName, Blocks: dst.guest.m.Blocks(), Registry: registry(t, dst.inst),
+		Machine: machineName, Blocks: dst.guest.M.Blocks(), Registry: registry(t, dst.inst),
 	}); err != nil {
 		t.Fatal(err)
 	}
-	src.inst, src.drv.Bus, src.drv.RAM, src.guest = dst.inst, bus{dst.inst}, dst.guest, dst.guest
+	src.inst, src.drv.Bus, src.drv.RAM, src.guest = dst.inst, bus{I: dst.inst}, dst.guest, dst.guest
 	deadline := time.Now().Add(10 * time.Second)
 	for src.ctrl.UsedIdx()-before != n && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)

@@ -7,12 +7,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"wasmvmm/testsuite/plugintest"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -33,29 +32,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "wasmvmm-virtio-net-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	wasmPath = filepath.Join(dir, "virtio-net.wasm")
-	cacheRoot = filepath.Join(dir, "cache")
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = "/usr/local/go/bin/go"
-	}
-	cmd := exec.Command(goTool, "build", "-buildmode=c-shared", "-o", wasmPath, ".")
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the plugin: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+	os.Exit(plugintest.Main(m, "virtio-net", &wasmPath, &cacheRoot))
 }
 
 // host is a plugin.Host over real guest RAM and one net backend,
@@ -98,22 +75,9 @@ func (h *host) irq() (bool, int) {
 	return h.level, h.edges
 }
 
-type bus struct{ i *plugin.Instance }
+type bus = plugintest.Bus
 
-func (b bus) Read(off uint64, size int) uint64     { return b.i.MMIORead(0, off, size) }
-func (b bus) Write(off uint64, size int, v uint64) { b.i.MMIOWrite(0, off, size, v) }
-
-type ram struct{ m *guestmem.Memory }
-
-func (r ram) Read(gpa uint64, p []byte) error {
-	_, err := r.m.ReadAt(p, int64(gpa))
-	return err
-}
-
-func (r ram) Write(gpa uint64, p []byte) error {
-	_, err := r.m.WriteAt(p, int64(gpa))
-	return err
-}
+type ram = plugintest.RAM
 
 // patience bounds every wait for the device or the kernel; the machine is
 // shared, so it is generous (waits end as soon as the condition holds).
@@ -216,8 +180,8 @@ func startWith(t testing.TB, be plugin.Backend, props plugin.PropertyValues, mem
 	if err := inst.Realize(props); err != nil {
 		t.Fatalf("realize: %v\n%s", err, logs)
 	}
-	e := &env{t: t, h: h, inst: inst, logs: logs, guest: ram{mem}, rxNext: rxData}
-	e.drv = &virtiotest.Driver{Bus: bus{inst}, RAM: e.guest}
+	e := &env{t: t, h: h, inst: inst, logs: logs, guest: ram{M: mem}, rxNext: rxData}
+	e.drv = &virtiotest.Driver{Bus: bus{I: inst}, RAM: e.guest}
 	return e
 }
 

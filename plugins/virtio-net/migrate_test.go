@@ -71,7 +71,7 @@ func TestMigrateState(t *testing.T) {
 		t.Fatal(err)
 	}
 	src.inst.Close()
-	src.drv.Bus, src.inst, src.h = bus{dst.inst}, dst.inst, dst.h
+	src.drv.Bus, src.inst, src.h = bus{I: dst.inst}, dst.inst, dst.h
 	if b := src.drv.Config(cfgMAC+5, 1); b != 0x21 {
 		t.Errorf("mac after migration ends in %#x", b)
 	}
