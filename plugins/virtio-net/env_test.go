@@ -303,8 +303,19 @@ type received struct {
 // from the chains posted (mergeable frames span num_buffers chains).
 func (e *env) waitRx(want int) []received {
 	e.t.Helper()
+	out, ok := e.tryRx(want, patience)
+	if !ok {
+		e.t.Fatalf("received %d of %d frames (status %#x, instance %v)\n%s", len(out), want, e.drv.Status(), e.inst.Err(), e.logs)
+	}
+	return out
+}
+
+// tryRx is waitRx giving up after within: it returns the frames received
+// and whether there were want of them.
+func (e *env) tryRx(want int, within time.Duration) ([]received, bool) {
+	e.t.Helper()
 	var used []virtiotest.Used
-	deadline := time.Now().Add(patience)
+	deadline := time.Now().Add(within)
 	var out []received
 	for len(out) < want {
 		u, err := e.rx.TakeUsed()
@@ -333,12 +344,12 @@ func (e *env) waitRx(want int) []received {
 		}
 		if len(out) < want {
 			if time.Now().After(deadline) {
-				e.t.Fatalf("received %d of %d frames (status %#x, instance %v)\n%s", len(out), want, e.drv.Status(), e.inst.Err(), e.logs)
+				return out, false
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
 	}
-	return out
+	return out, true
 }
 
 // chainBytes returns the bytes the device wrote into a used chain.
