@@ -285,8 +285,16 @@ func TestScreendumpShowsTheGuestsTestCard(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qmp.sock")
 	vm := harness.Start(t, b, dir, "run", writeConfig(t, dir, b.Guest, "workload=idle gpu_test=1", ""), "--qmp", sock)
-	vm.WaitSerial(t, "GPU OK", 30*time.Second)
-	m := regexp.MustCompile(`GPU OK (\d+)x(\d+)`).FindStringSubmatch(vm.SerialText())
+	// Wait for the whole line: the serial file grows byte by byte.
+	card := regexp.MustCompile(`GPU OK (\d+)x(\d+)\n`)
+	var m []string
+	deadline := time.Now().Add(30 * time.Second)
+	for m = card.FindStringSubmatch(vm.SerialText()); m == nil; m = card.FindStringSubmatch(vm.SerialText()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no complete GPU OK line; serial:\n%s", vm.SerialText())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	w, _ := strconv.Atoi(m[1])
 	h, _ := strconv.Atoi(m[2])
 	mon := qmpClient(t, sock)
