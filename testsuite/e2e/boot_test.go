@@ -122,6 +122,7 @@ func TestBadInputIsRefusedBeforeStart(t *testing.T) {
 		{"too many vcpus", []string{"run", good, "--cpus", "100000"}, []string{"vCPUs"}},
 		{"missing plugin", []string{"run", good, "--plugins", filepath.Join(dir, "no-plugins")}, []string{"serial-16550", filepath.Join(dir, "no-plugins")}},
 		{"bad size flag", []string{"run", good, "--memory", "lots"}, []string{"--memory", `"lots"`}},
+		{"machine type with an unknown compat property", []string{"run", good, "--machines", badMachines(t, dir)}, []string{"wasmvmm-virt-2.0.toml", `no property "host_usoo"`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -143,4 +144,28 @@ func TestBadInputIsRefusedBeforeStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// badMachines copies the built-in machine types into a directory and adds a
+// compat entry for a property virtio-net does not have to the newest one.
+func badMachines(t *testing.T, dir string) string {
+	t.Helper()
+	d := filepath.Join(dir, "machines")
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(harness.RepoRoot(), "machines", "*.toml"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(f) == "wasmvmm-virt-2.0.toml" {
+			b = append(b, "\n[[compat]]\ndevice = \"virtio-net\"\nproperty = \"host_usoo\"\nvalue = false\n"...)
+		}
+		if err := os.WriteFile(filepath.Join(d, filepath.Base(f)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
 }

@@ -305,6 +305,16 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		defer mem.Close()
 		defer incoming.cprIn.Close()
 	}
+	// Machine types from --machines are checked against the plugins'
+	// declarations (unknown devices, properties, compat entries); the
+	// built-in ones are checked by the test suite against every release
+	// (host/compat), so a start does not pay one instantiation per plugin.
+	typeChecked := make(chan error, 1)
+	if f.machinesDir != "" {
+		go func() { typeChecked <- checkMachineType(ctx, rt, mt, l.pluginDir) }()
+	} else {
+		typeChecked <- nil
+	}
 	m, err := machine.New(machine.Config{
 		VM: vm, MachineType: mt, KVMPath: f.kvm, Logger: log,
 		Devices: loader.Factory(ctx, specs),
@@ -316,10 +326,9 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 	}
 	defer m.Close()
 	phase("machine built")
-	// The devices' modules are loaded now: checking the machine type
-	// (compat entries for devices it does not place included) costs one
-	// instantiation per plugin.
-	if err := checkMachineType(ctx, rt, mt, l.pluginDir); err != nil {
+	// The machine type check ran beside the machine's assembly; it must
+	// pass before the guest runs.
+	if err := <-typeChecked; err != nil {
 		return 1, err
 	}
 	if incoming.active() {
