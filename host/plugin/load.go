@@ -66,6 +66,10 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 	}
 	key := path + "\x00" + hash
 
+	// One compilation per key: wazero keys compiled code by the module's
+	// content, so a second compilation of the same bytes shares the first
+	// one's engine entry, and closing the loser's copy would free code the
+	// winner runs. Concurrent loads of a key wait for the first.
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -75,8 +79,40 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 		r.mu.Unlock()
 		return m, nil
 	}
+	if r.loading == nil {
+		r.loading = map[string]*moduleLoad{}
+	}
+	if l, ok := r.loading[key]; ok {
+		r.mu.Unlock()
+		<-l.done
+		return l.m, l.err
+	}
+	l := &moduleLoad{done: make(chan struct{})}
+	r.loading[key] = l
 	r.mu.Unlock()
 
+	l.m, l.err = r.compile(ctx, name, path, hash)
+	r.mu.Lock()
+	delete(r.loading, key)
+	if l.err == nil {
+		r.modules[key] = l.m
+	}
+	r.mu.Unlock()
+	close(l.done)
+	return l.m, l.err
+}
+
+// moduleLoad is a compilation in progress that other loads of the same
+// file wait for.
+type moduleLoad struct {
+	done chan struct{}
+	m    *Module
+	err  error
+}
+
+// compile reads (or instruments) the module, compiles it and checks its
+// imports, exports and ABI version.
+func (r *Runtime) compile(ctx context.Context, name, path, hash string) (*Module, error) {
 	code, err := r.moduleCode(path, hash)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
@@ -90,14 +126,6 @@ func (r *Runtime) Load(ctx context.Context, path string) (*Module, error) {
 		_ = compiled.Close(ctx)
 		return nil, err
 	}
-
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if prev, ok := r.modules[key]; ok { // lost a race with another Load
-		_ = compiled.Close(ctx)
-		return prev, nil
-	}
-	r.modules[key] = m
 	return m, nil
 }
 

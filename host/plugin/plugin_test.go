@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -749,5 +750,39 @@ func TestSetupAndCallBudgets(t *testing.T) {
 	nometer, _ := newTestRuntime(t, Config{NoDeadline: true})
 	if nometer.CallFuel() != 0 {
 		t.Errorf("CallFuel() of an unmetered runtime = %d", nometer.CallFuel())
+	}
+}
+
+// TestConcurrentLoadsShareOneModule: loads of the same file at once get one
+// compiled module that keeps working (a second compilation of the same bytes
+// shares wazero's engine entry; closing it freed the code the first ran).
+func TestConcurrentLoadsShareOneModule(t *testing.T) {
+	rt, _ := newTestRuntime(t, Config{})
+	var wg sync.WaitGroup
+	mods := make([]*Module, 8)
+	errs := make([]error, 8)
+	for i := range mods {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			mods[i], errs[i] = rt.Load(context.Background(), pluginPath("echo"))
+		}(i)
+	}
+	wg.Wait()
+	for i := range mods {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if mods[i] != mods[0] {
+			t.Fatalf("load %d got another module", i)
+		}
+	}
+	inst := instantiate(t, rt, "echo", newTestHost(t, 1<<20))
+	if err := inst.Realize(); err != nil {
+		t.Fatal(err)
+	}
+	inst.MMIORead(1, 0, 4)
+	if err := inst.Err(); err != nil {
+		t.Fatal(err)
 	}
 }

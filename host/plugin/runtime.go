@@ -102,7 +102,8 @@ type Runtime struct {
 	meterDir string // cache of instrumented modules; empty: none
 
 	mu        sync.Mutex
-	modules   map[string]*Module // by path + content hash
+	modules   map[string]*Module     // by path + content hash
+	loading   map[string]*moduleLoad // compilations in progress, by the same key
 	instances map[*Instance]struct{}
 	nextID    uint64
 	closed    bool
