@@ -353,7 +353,7 @@ func TestCPRTransferToANewProcess(t *testing.T) {
 	srcText := s.src.SerialText()
 	last := passes(srcText)
 	echoed := s.echo.echoed.Load()
-	dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+1), 30*time.Second)
+	waitStream(t, s.src, dst, last+1, 30*time.Second)
 	lastDev := strings.Count(srcText, "DEV OK pass=")
 	deadline := time.Now().Add(30 * time.Second)
 	for strings.Count(dst.SerialText(), "DEV OK pass=") < 2 {
@@ -401,8 +401,8 @@ func TestCPRTransferToANewProcess(t *testing.T) {
 	if out, err := dmon.Run([]byte(`{"execute":"cont"}`)); err != nil {
 		t.Fatalf("cont: %v %s", err, out)
 	}
-	n := passes(dst.SerialText())
-	dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+n+1), 30*time.Second)
+	n := passes(s.src.SerialText() + dst.SerialText())
+	waitStream(t, s.src, dst, n+1, 30*time.Second)
 }
 
 // expectNoStop fails if the source's guest was stopped since the events
@@ -871,7 +871,7 @@ func TestCPRTransferUpgradesAPlugin(t *testing.T) {
 			t.Fatalf("cpr-transfer to the upgraded plugin: %v %v", ret["status"], ret["error-desc"])
 		}
 		last := passes(s.src.SerialText())
-		dst.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", last+1), 30*time.Second)
+		waitStream(t, s.src, dst, last+1, 30*time.Second)
 		deadline := time.Now().Add(30 * time.Second)
 		for strings.Count(dst.SerialText(), "DEV OK pass=") < 1 {
 			if time.Now().After(deadline) {

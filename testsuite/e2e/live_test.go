@@ -1049,7 +1049,7 @@ func TestLiveMigrationOverTCPAcrossNamespaces(t *testing.T) {
 	}
 	t.Logf("into the namespace:\n%s", out)
 	before := passes(src.SerialText())
-	inNS.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", before+1), 20*time.Second)
+	waitStream(t, src, inNS, before+1, 60*time.Second)
 	if s := status(t, nmon); s != "running" {
 		t.Fatalf("guest in the namespace: %s", s)
 	}
@@ -1144,5 +1144,21 @@ func TestLiveMigrationPlainQEMUFramingAndFD(t *testing.T) {
 	sameRAM(t, src.M, dip.M)
 	if _, err := dirtycheck.Check(dip.M.Memory(), dirtyStart, dirtyEnd); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitStream waits until the guest's serial stream, the source's console
+// followed by the destination's, has the complete marker of pass n (the
+// source may have stopped in the middle of a line, so the destination's
+// console alone need not hold it whole).
+func waitStream(t *testing.T, src, dst *harness.VM, n int, d time.Duration) {
+	t.Helper()
+	want := fmt.Sprintf("\nDIRTY pass=%d\n", n)
+	deadline := time.Now().Add(d)
+	for !strings.Contains(src.SerialText()+dst.SerialText(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the serial stream within %v; destination:\n%s", want, d, dst.SerialText())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
