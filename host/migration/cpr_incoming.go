@@ -3,7 +3,6 @@ package migration
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -182,19 +181,7 @@ func (in *CPRIncoming) Close() { in.Hangup() }
 // and descriptors.
 func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRIncoming) (<-chan error, error) {
 	m := g.cfg.Machine
-	if st, _ := m.State(); st != machine.StateInMigrate {
-		return nil, fmt.Errorf("incoming cpr-transfer: the machine is %s, not inmigrate", st)
-	}
-	if !socketChannel(ch) {
-		return nil, fmt.Errorf("incoming cpr-transfer: %s is not a socket channel", ch)
-	}
-	g.mu.Lock()
-	if g.status.Running() {
-		g.mu.Unlock()
-		return nil, errors.New("an incoming migration is already running")
-	}
-	g.mu.Unlock()
-	ln, err := listen(ch)
+	ln, err := g.listenIncoming(ch, "incoming cpr-transfer")
 	if err != nil {
 		return nil, err
 	}

@@ -21,25 +21,28 @@ import (
 // arrive, device state only once the whole stream checked out), restore the
 // vCPUs, take the disks, tell the source, and resume as the source was.
 
+// listenIncoming checks that the machine waits for an incoming migration
+// and none runs, and listens on the socket channel ch; what names the kind
+// of migration in errors.
+func (g *Migrator) listenIncoming(ch Channel, what string) (listener, error) {
+	if st, _ := g.cfg.Machine.State(); st != machine.StateInMigrate {
+		return nil, fmt.Errorf("%s: the machine is %s, not inmigrate", what, st)
+	}
+	if !socketChannel(ch) {
+		return nil, fmt.Errorf("%s: %s is not a socket channel", what, ch)
+	}
+	if g.Status().Running() {
+		return nil, errors.New("an incoming migration is already running")
+	}
+	return listen(ch)
+}
+
 // ListenIncoming opens a socket channel for an incoming migration and loads
 // the first connection in the background. Errors opening the channel are
 // returned; the load's outcome arrives on the returned channel (and in
 // query-migrate). The machine must be in inmigrate.
 func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error, error) {
-	m := g.cfg.Machine
-	if st, _ := m.State(); st != machine.StateInMigrate {
-		return nil, fmt.Errorf("incoming migration: the machine is %s, not inmigrate", st)
-	}
-	if !socketChannel(ch) {
-		return nil, fmt.Errorf("incoming migration: %s is not a socket channel", ch)
-	}
-	g.mu.Lock()
-	if g.status.Running() {
-		g.mu.Unlock()
-		return nil, errors.New("an incoming migration is already running")
-	}
-	g.mu.Unlock()
-	ln, err := listen(ch)
+	ln, err := g.listenIncoming(ch, "incoming migration")
 	if err != nil {
 		return nil, err
 	}
