@@ -770,20 +770,28 @@ func hBackendRecvSG(i *Instance, m api.Module, s []uint64) {
 	s[0] = uint64(n)
 }
 
-func hBackendPreadSG(i *Instance, m api.Module, s []uint64) {
+// blockSGArgs decodes (backend_id, offset, sg_ptr, sg_count), the
+// arguments of backend_pread_sg and backend_pwrite_sg.
+func (i *Instance) blockSGArgs(m api.Module, s []uint64) (BlockBackend, int64, [][]byte, []uint64, abi.Status) {
 	bb, st := i.blockBackend(argU32(s[0]))
 	if st != abi.OK {
-		s[0] = status64(st)
-		return
+		return nil, 0, nil, nil, st
 	}
 	off := int64(s[1])
 	bufs, gpas, st := i.guestSG(m, argU32(s[2]), argU32(s[3]), 0)
 	if st != abi.OK {
-		s[0] = status64(st)
-		return
+		return nil, 0, nil, nil, st
 	}
 	if off < 0 {
-		s[0] = status64(abi.ErrInvalid)
+		return nil, 0, nil, nil, abi.ErrInvalid
+	}
+	return bb, off, bufs, gpas, abi.OK
+}
+
+func hBackendPreadSG(i *Instance, m api.Module, s []uint64) {
+	bb, off, bufs, gpas, st := i.blockSGArgs(m, s)
+	if st != abi.OK {
+		s[0] = status64(st)
 		return
 	}
 	n, err := bb.PreadSG(bufs, off)
@@ -796,19 +804,9 @@ func hBackendPreadSG(i *Instance, m api.Module, s []uint64) {
 }
 
 func hBackendPwriteSG(i *Instance, m api.Module, s []uint64) {
-	bb, st := i.blockBackend(argU32(s[0]))
+	bb, off, bufs, _, st := i.blockSGArgs(m, s)
 	if st != abi.OK {
 		s[0] = status64(st)
-		return
-	}
-	off := int64(s[1])
-	bufs, _, st := i.guestSG(m, argU32(s[2]), argU32(s[3]), 0)
-	if st != abi.OK {
-		s[0] = status64(st)
-		return
-	}
-	if off < 0 {
-		s[0] = status64(abi.ErrInvalid)
 		return
 	}
 	n, err := bb.PwriteSG(bufs, off)
