@@ -284,11 +284,15 @@ func (g *Migrator) loadFile(ch Channel) error {
 	if err != nil {
 		return err
 	}
-	var r io.Reader = f
-	if ch.Offset != 0 {
-		r = bufio.NewReaderSize(f, 1<<20)
+	opt := vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg}
+	res, mapped, err := loadMapped(f, ch.Offset, opt)
+	if !mapped {
+		var r io.Reader = f
+		if ch.Offset != 0 {
+			r = bufio.NewReaderSize(f, 1<<20)
+		}
+		res, err = vmstate.Load(r, opt)
 	}
-	res, err := vmstate.Load(r, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg})
 	if err != nil {
 		return err
 	}

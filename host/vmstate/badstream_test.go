@@ -50,6 +50,25 @@ func (d *dest) load(b []byte) error {
 	return err
 }
 
+// TestLoadBytesMatchesLoad loads the base stream through both readers into
+// fresh machines: same result, same device state.
+func TestLoadBytesMatchesLoad(t *testing.T) {
+	base := baseStream(t)
+	a, b := newDest(t), newDest(t)
+	ra, err := Load(bytes.NewReader(base), a.opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := LoadBytes(base, b.opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ra.Bytes != rb.Bytes || ra.Pages != rb.Pages || ra.ZeroPages != rb.ZeroPages || ra.Devices != rb.Devices || !bytes.Equal(ra.VMDesc, rb.VMDesc) {
+		t.Fatalf("Load %+v, LoadBytes %+v", ra, rb)
+	}
+	requireStoresEqual(t, b.m, snapshotStores(a.m))
+}
+
 // requireUntouched checks that no device store was written and no PostLoad
 // ran.
 func (d *dest) requireUntouched(t *testing.T) {
@@ -206,6 +225,15 @@ func TestBadStreams(t *testing.T) {
 				t.Errorf("error\n got %s\nwant %s", err, c.want)
 			}
 			d.requireUntouched(t)
+			if c.pipe {
+				return
+			}
+			// The in-memory reader (mapped snapshot files) fails alike.
+			_, merr := LoadBytes(c.b, o)
+			if merr == nil || merr.Error() != err.Error() {
+				t.Errorf("LoadBytes error\n got %v\nwant %v", merr, err)
+			}
+			d.requireUntouched(t)
 		})
 	}
 }
@@ -240,6 +268,9 @@ func TestTruncatedEverywhere(t *testing.T) {
 		}
 		if !errors.Is(err, ErrTruncated) || !strings.HasPrefix(err.Error(), "offset 0x") {
 			t.Fatalf("cut at %d: %v", n, err)
+		}
+		if _, merr := LoadBytes(base[:n], d.opts()); merr == nil || merr.Error() != err.Error() {
+			t.Fatalf("cut at %d: LoadBytes error\n got %v\nwant %v", n, merr, err)
 		}
 	}
 	d.requireUntouched(t)

@@ -37,6 +37,11 @@ func FuzzReadStream(f *testing.F) {
 		m := newMachine(t, 0x40, testProps, nil)
 		before := snapshotStores(m)
 		_, err := Load(bytes.NewReader(data), LoadOptions{Machine: testMachine, Blocks: blocks, Registry: m.reg})
+		m2 := newMachine(t, 0x40, testProps, nil)
+		_, merr := LoadBytes(data, LoadOptions{Machine: testMachine, Blocks: blocks, Registry: m2.reg})
+		if (err == nil) != (merr == nil) || (err != nil && err.Error() != merr.Error()) {
+			t.Fatalf("Load: %v\nLoadBytes: %v", err, merr)
+		}
 		if err != nil {
 			var se *StreamError
 			if !errors.As(err, &se) || !strings.HasPrefix(err.Error(), "offset 0x") {

@@ -69,6 +69,11 @@ type loader struct {
 	staged []*staged
 	seen   map[*entry]bool
 
+	// scan, when set, makes the loader a scanner: it walks the stream
+	// calling scan for each PAGE record instead of copying the page, and
+	// stops after the RAM section's END (ScanRAM).
+	scan func(b *guestmem.Block, addr uint64) bool
+
 	// pre is the source's vmdesc, read ahead from the end of a seekable
 	// stream, so that a layout difference is reported at the field that
 	// differs rather than at the footer. Nil for sockets and pipes.
@@ -81,7 +86,48 @@ type loader struct {
 // was read and checked through EOF and the vmdesc. On error no device store
 // was written; RAM may hold pages of the failed stream.
 func Load(r io.Reader, opt LoadOptions) (*LoadResult, error) {
-	l := &loader{r: newStreamReader(r), opt: opt, ids: map[uint32]string{}, ramID: -1,
+	var pre *descRoot
+	if rs, ok := r.(io.ReadSeeker); ok {
+		var err error
+		if pre, err = peekVMDesc(rs); err != nil {
+			return nil, err
+		}
+	}
+	return load(newStreamReader(r), pre, opt)
+}
+
+// LoadBytes is Load for a stream already in memory, such as a snapshot
+// file mapped by the caller: page data is copied once, from data to guest
+// RAM, with no read buffer between them. data must stay mapped and
+// unchanged until LoadBytes returns.
+func LoadBytes(data []byte, opt LoadOptions) (*LoadResult, error) {
+	pre, err := peekVMDesc(bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	return load(newMemReader(data), pre, opt)
+}
+
+// errScanDone ends a ScanRAM walk at the RAM section's END.
+var errScanDone = errors.New("RAM scanned")
+
+// ScanRAM walks the RAM records of an in-memory stream, as LoadBytes would
+// load them, without touching page data or any device: it calls fn for
+// each PAGE record, in stream order, and returns after the RAM section's
+// END, when fn returns false, at the end of the stream, or at the first
+// malformed record (the error LoadBytes would report). A loader runs it ahead of LoadBytes to
+// prepare guest RAM for the pages to come.
+func ScanRAM(data []byte, opt LoadOptions, fn func(b *guestmem.Block, addr uint64) bool) error {
+	l := newLoader(newMemReader(data), opt)
+	l.scan = fn
+	if err := l.run(); err != nil && !errors.Is(err, errScanDone) {
+		return err
+	}
+	return nil
+}
+
+func newLoader(r *streamReader, opt LoadOptions) *loader {
+	l := &loader{r: r, opt: opt, ids: map[uint32]string{}, ramID: -1,
 		blocks: map[string]*guestmem.Block{}, seen: map[*entry]bool{}}
 	if opt.Registry == nil {
 		l.opt.Registry = NewRegistry()
@@ -89,13 +135,12 @@ func Load(r io.Reader, opt LoadOptions) (*LoadResult, error) {
 	for _, b := range opt.Blocks {
 		l.blocks[b.Name] = b
 	}
-	if rs, ok := r.(io.ReadSeeker); ok {
-		pre, err := peekVMDesc(rs)
-		if err != nil {
-			return nil, err
-		}
-		l.pre = pre
-	}
+	return l
+}
+
+func load(r *streamReader, pre *descRoot, opt LoadOptions) (*LoadResult, error) {
+	l := newLoader(r, opt)
+	l.pre = pre
 	if err := l.run(); err != nil {
 		return nil, err
 	}
@@ -177,8 +222,8 @@ func (l *loader) configuration(off int64) error {
 		return w.err(off+5, "machine type %q in the stream, this machine is %q", name, l.opt.Machine)
 	}
 	if pk := l.r.peek(2); len(pk) == 2 && pk[0] == SectionSubsection {
-		sub := l.r.peek(2 + int(pk[1]))
-		return w.err(l.r.off, "configuration subsection %q (target page bits, capabilities or uuid) is not supported", bytes.TrimPrefix(sub, pk))
+		name := l.r.peek(2 + int(pk[1]))[2:] // the peeks share a buffer: slice the second only
+		return w.err(l.r.off, "configuration subsection %q (target page bits, capabilities or uuid) is not supported", name)
 	}
 	return nil
 }
@@ -255,6 +300,9 @@ func (l *loader) sectionPartEnd(off int64, t byte) error {
 	}
 	if t == SectionEnd {
 		l.ramState = 2
+		if l.scan != nil {
+			return errScanDone
+		}
 	}
 	return nil
 }
@@ -404,10 +452,22 @@ func (l *loader) ramPage(off int64, flags, addr uint64, w where) error {
 		if fill != 0 {
 			return w.err(l.r.off-1, "zero page of RAM block %q at %#x has fill byte %#02x, want 0", b.Name, addr, fill)
 		}
+		if l.scan != nil {
+			return nil
+		}
 		if !bytes.Equal(page, zeroPage[:]) {
 			clear(page)
 		}
 		l.res.ZeroPages++
+		return nil
+	}
+	if l.scan != nil {
+		if _, err := l.r.skip(PageSize); err != nil {
+			return w.wrap(l.r.off, fmt.Errorf("page data of RAM block %q at %#x: %w", b.Name, addr, err))
+		}
+		if !l.scan(b, addr) {
+			return errScanDone
+		}
 		return nil
 	}
 	if err := l.r.full(page); err != nil {
@@ -420,6 +480,9 @@ func (l *loader) ramPage(off int64, flags, addr uint64, w where) error {
 // ---- devices ----
 
 func (l *loader) deviceSection(off int64, id uint32, name string, inst, version uint32, w where) error {
+	if l.scan != nil {
+		return errScanDone // a scan covers RAM only and calls no device
+	}
 	e := l.opt.Registry.lookup(name, inst)
 	if e == nil {
 		return w.err(off, "no device %q instance %d on this machine", name, inst)
@@ -639,13 +702,12 @@ func (l *loader) vmdesc() error {
 	if n > MaxVMDescLen {
 		return w.err(off+1, "length %d exceeds %d", n, MaxVMDescLen)
 	}
-	js, err := io.ReadAll(io.LimitReader(l.r.br, int64(n)))
-	l.r.off += int64(len(js))
-	if err != nil {
-		return w.wrap(l.r.off, fmt.Errorf("read: %w", err))
+	js, err := l.r.readVar(int64(n))
+	if errors.Is(err, ErrTruncated) {
+		return w.err(l.r.off, "%w: need %d bytes of JSON, the stream ends after %d", ErrTruncated, n, l.r.off-(off+5))
 	}
-	if len(js) != int(n) {
-		return w.err(l.r.off, "%w: need %d bytes of JSON, the stream ends after %d", ErrTruncated, n, len(js))
+	if err != nil {
+		return w.wrap(l.r.off, err)
 	}
 	jsOff := off + 5
 	var root descRoot

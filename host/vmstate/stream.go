@@ -8,8 +8,12 @@ import (
 )
 
 // streamReader reads big-endian items from a stream and tracks the offset.
+// It reads either through a buffer from an io.Reader or, for a stream
+// already in memory (a mapped snapshot file), straight from the bytes, so
+// that page data is copied once, from the stream to guest RAM.
 type streamReader struct {
 	br  *bufio.Reader
+	mem []byte // the whole stream when in memory; br is nil then
 	off int64
 }
 
@@ -17,8 +21,23 @@ func newStreamReader(r io.Reader) *streamReader {
 	return &streamReader{br: bufio.NewReaderSize(r, 256<<10)}
 }
 
+func newMemReader(b []byte) *streamReader {
+	return &streamReader{mem: b}
+}
+
+// rest is the unread part of an in-memory stream.
+func (r *streamReader) rest() []byte { return r.mem[r.off:] }
+
 // full fills p or fails with ErrTruncated.
 func (r *streamReader) full(p []byte) error {
+	if r.br == nil {
+		n := copy(p, r.rest())
+		r.off += int64(n)
+		if n < len(p) {
+			return fmt.Errorf("%w: need %d bytes, the stream ends after %d", ErrTruncated, len(p), n)
+		}
+		return nil
+	}
 	n, err := io.ReadFull(r.br, p)
 	r.off += int64(n)
 	if err != nil {
@@ -31,6 +50,13 @@ func (r *streamReader) full(p []byte) error {
 }
 
 func (r *streamReader) u8() (byte, error) {
+	if r.br == nil {
+		if len(r.rest()) == 0 {
+			return 0, fmt.Errorf("%w: need 1 byte, the stream ends", ErrTruncated)
+		}
+		r.off++
+		return r.mem[r.off-1], nil
+	}
 	b, err := r.br.ReadByte()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -77,11 +103,18 @@ func (r *streamReader) str() (string, error) {
 
 // peek returns the next n bytes without consuming them; fewer at the end.
 func (r *streamReader) peek(n int) []byte {
+	if r.br == nil {
+		return r.rest()[:min(n, len(r.rest()))]
+	}
 	b, _ := r.br.Peek(n)
 	return b
 }
 
 func (r *streamReader) discard(n int) {
+	if r.br == nil {
+		r.off += int64(min(n, len(r.rest())))
+		return
+	}
 	d, _ := r.br.Discard(n)
 	r.off += int64(d)
 }
@@ -106,6 +139,14 @@ func (r *streamReader) readVar(n int64) ([]byte, error) {
 
 // skip consumes n bytes.
 func (r *streamReader) skip(n int64) (int64, error) {
+	if r.br == nil {
+		d := min(n, int64(len(r.rest())))
+		r.off += d
+		if d < n {
+			return d, fmt.Errorf("%w: need %d bytes, the stream ends after %d", ErrTruncated, n, d)
+		}
+		return d, nil
+	}
 	d, err := r.br.Discard(int(n))
 	r.off += int64(d)
 	if err != nil {
