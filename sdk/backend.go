@@ -1,9 +1,8 @@
 package sdk
 
 import (
-	"fmt"
-
 	"wasmvmm/abi"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // Backend is a host backend the VM configuration attached to this device:
@@ -23,7 +22,7 @@ type Backend struct {
 func OpenBackend(kind abi.BackendKind, name string) (*Backend, error) {
 	r := hostBackendOpen(int32(kind), strPtr(name), uint32(len(name)))
 	if r < 0 {
-		return nil, fmt.Errorf("backend %q: %w", name, statusError(int64(r)))
+		return nil, tinyfmt.Errorf("backend %q: %w", name, statusError(int64(r)))
 	}
 	b := &Backend{id: r, kind: kind, name: name}
 	plugin.addBackend(b)
@@ -96,7 +95,7 @@ func (b *Backend) WriteZeroes(offset, length int64) error {
 func (b *Backend) Size() (int64, error) {
 	r := hostBackendSize(b.id)
 	if r < 0 {
-		return 0, fmt.Errorf("backend %q size: %w", b.name, statusError(r))
+		return 0, tinyfmt.Errorf("backend %q size: %w", b.name, statusError(r))
 	}
 	return r, nil
 }
@@ -105,7 +104,7 @@ func (b *Backend) Size() (int64, error) {
 // cpr-transfer, under (name, id), so the new process adopts it.
 func (b *Backend) PreserveFD(name string, id int32) error {
 	if err := statusError(int64(hostFDPreserve(b.id, strPtr(name), uint32(len(name)), id))); err != nil {
-		return fmt.Errorf("backend %q: preserve fd as %s/%d: %w", b.name, name, id, err)
+		return tinyfmt.Errorf("backend %q: preserve fd as %s/%d: %w", b.name, name, id, err)
 	}
 	return nil
 }

@@ -1,10 +1,10 @@
 package sdk
 
 import (
-	"fmt"
 	"reflect"
 
 	"wasmvmm/abi"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // Device is the part every device implements. A plugin registers one
@@ -82,11 +82,11 @@ func (r *Realizer) AddPIO(size uint64) (Region, error) {
 
 func (r *Realizer) addRegion(kind abi.RegionKind, size uint64) (Region, error) {
 	if r.done {
-		return -1, fmt.Errorf("add region: %w", abi.ErrState)
+		return -1, tinyfmt.Errorf("add region: %w", abi.ErrState)
 	}
 	id := hostRegionAdd(int32(kind), size)
 	if id < 0 {
-		return -1, fmt.Errorf("add region of %d bytes: %w", size, statusError(int64(id)))
+		return -1, tinyfmt.Errorf("add region of %d bytes: %w", size, statusError(int64(id)))
 	}
 	return Region(id), nil
 }
@@ -113,11 +113,11 @@ var plugin registry
 // registers its implementation. Call it once, from an init function.
 func Register(name, version string, dev Device) {
 	if plugin.dev != nil {
-		plugin.regErr = fmt.Errorf("sdk.Register called twice (%s, then %s)", plugin.name, name)
+		plugin.regErr = tinyfmt.Errorf("sdk.Register called twice (%s, then %s)", plugin.name, name)
 		return
 	}
 	if dev == nil || (reflect.ValueOf(dev).Kind() == reflect.Pointer && reflect.ValueOf(dev).IsNil()) {
-		plugin.regErr = fmt.Errorf("sdk.Register(%q): nil device", name)
+		plugin.regErr = tinyfmt.Errorf("sdk.Register(%q): nil device", name)
 		return
 	}
 	plugin.name, plugin.version, plugin.dev = name, version, dev
@@ -126,11 +126,11 @@ func Register(name, version string, dev Device) {
 func (g *registry) addProperty(p property) {
 	for _, q := range g.props {
 		if q.info().Name == p.info().Name {
-			g.fail(fmt.Errorf("property %q declared twice", p.info().Name))
+			g.fail(tinyfmt.Errorf("property %q declared twice", p.info().Name))
 		}
 	}
 	if g.realized {
-		g.fail(fmt.Errorf("property %q declared after realize", p.info().Name))
+		g.fail(tinyfmt.Errorf("property %q declared after realize", p.info().Name))
 	}
 	g.props = append(g.props, p)
 }
@@ -159,7 +159,7 @@ func VMState(name string, ptr any, opts ...Option) *Section {
 		plugin.fail(err)
 	}
 	if plugin.realized {
-		plugin.fail(fmt.Errorf("vmstate %s declared after realize", name))
+		plugin.fail(tinyfmt.Errorf("vmstate %s declared after realize", name))
 	}
 	plugin.sections = append(plugin.sections, s)
 	return s

@@ -3,22 +3,44 @@ package sdk
 //lint:file-ignore U1000 the handlers here are called from the go:wasmexport functions of exports_wasip1.go, which static analysis does not see as entry points
 
 import (
-	"errors"
-	"fmt"
 	"reflect"
 
 	"wasmvmm/abi"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 func statusOf(err error) abi.Status {
 	if err == nil {
 		return abi.OK
 	}
-	var s abi.Status
-	if errors.As(err, &s) && s < 0 {
+	if s, ok := findStatus(err); ok && s < 0 {
 		return s
 	}
 	return abi.ErrFailed
+}
+
+// findStatus is errors.As(err, &status), walked by hand: errors.As's
+// reflection-based matching adds to every plugin's module.
+func findStatus(err error) (abi.Status, bool) {
+	for err != nil {
+		if s, ok := err.(abi.Status); ok {
+			return s, true
+		}
+		switch e := err.(type) {
+		case interface{ Unwrap() error }:
+			err = e.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, inner := range e.Unwrap() {
+				if s, ok := findStatus(inner); ok {
+					return s, true
+				}
+			}
+			return 0, false
+		default:
+			return 0, false
+		}
+	}
+	return 0, false
 }
 
 func (g *registry) describe() abi.Status {
@@ -98,7 +120,7 @@ func (g *registry) registerSections() error {
 		}
 		b := abi.MarshalSection(sec)
 		if err := statusError(int64(hostVMStateRegister(bytesPtr(b), uint32(len(b))))); err != nil {
-			return fmt.Errorf("vmstate_register %s: %w", sec.Name, err)
+			return tinyfmt.Errorf("vmstate_register %s: %w", sec.Name, err)
 		}
 	}
 	return nil
@@ -111,15 +133,15 @@ func checkConditions(s *abi.Section, types map[string]abi.PropType) error {
 		if f.Exists != nil {
 			t, ok := types[f.Exists.Prop]
 			if !ok {
-				return fmt.Errorf("vmstate %s.%s: if= names property %q, which the device does not declare", s.Name, f.Name, f.Exists.Prop)
+				return tinyfmt.Errorf("vmstate %s.%s: if= names property %q, which the device does not declare", s.Name, f.Name, f.Exists.Prop)
 			}
 			if t == abi.PropString {
-				return fmt.Errorf("vmstate %s.%s: if= names string property %q; conditions need a bool or integer property", s.Name, f.Name, f.Exists.Prop)
+				return tinyfmt.Errorf("vmstate %s.%s: if= names string property %q; conditions need a bool or integer property", s.Name, f.Name, f.Exists.Prop)
 			}
 		}
 		if f.Struct != nil {
 			if err := checkConditions(f.Struct, types); err != nil {
-				return fmt.Errorf("vmstate %s.%s: %w", s.Name, f.Name, err)
+				return tinyfmt.Errorf("vmstate %s.%s: %w", s.Name, f.Name, err)
 			}
 		}
 	}
@@ -135,7 +157,7 @@ func checkConditions(s *abi.Section, types map[string]abi.PropType) error {
 func addressOf(ptr any) (uint32, error) {
 	a := reflect.ValueOf(ptr).Pointer()
 	if uint64(a) > 0xffffffff {
-		return 0, fmt.Errorf("address %#x is not a 32-bit linear-memory address (register sections only inside a plugin)", a)
+		return 0, tinyfmt.Errorf("address %#x is not a 32-bit linear-memory address (register sections only inside a plugin)", a)
 	}
 	return uint32(a), nil
 }

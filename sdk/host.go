@@ -1,11 +1,10 @@
 package sdk
 
 import (
-	"fmt"
-	"time"
 	"unsafe"
 
 	"wasmvmm/abi"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // boxed holds every known status as a ready-made error value, so turning a
@@ -39,7 +38,7 @@ func Log(level abi.LogLevel, msg string) {
 
 // Logf formats and logs a message. It allocates; keep it off hot paths.
 func Logf(level abi.LogLevel, format string, args ...any) {
-	Log(level, fmt.Sprintf(format, args...))
+	Log(level, tinyfmt.Sprintf(format, args...))
 }
 
 // Debugf logs at debug level.
@@ -129,8 +128,13 @@ func (t Timer) Arm(deadlineNS int64) error {
 	return statusError(int64(hostTimerArm(int32(t), deadlineNS)))
 }
 
-// ArmAfter sets the timer to fire d from now.
-func (t Timer) ArmAfter(d time.Duration) error { return t.Arm(Now() + int64(d)) }
+// Duration is what ArmAfter takes: a time.Duration satisfies it. (The SDK
+// does not import package time, whose initialization adds to every
+// plugin's module.)
+type Duration interface{ Nanoseconds() int64 }
+
+// ArmAfter sets the timer to fire d (a time.Duration) from now.
+func (t Timer) ArmAfter(d Duration) error { return t.Arm(Now() + d.Nanoseconds()) }
 
 // Cancel disarms the timer.
 func (t Timer) Cancel() error { return statusError(int64(hostTimerCancel(int32(t)))) }
@@ -146,7 +150,7 @@ type Blocker int32
 func AddBlocker(modes abi.MigrationMode, reason string) (Blocker, error) {
 	r := hostBlockerAdd(int32(modes), strPtr(reason), uint32(len(reason)))
 	if r < 0 {
-		return -1, fmt.Errorf("migration blocker %q: %w", reason, statusError(int64(r)))
+		return -1, tinyfmt.Errorf("migration blocker %q: %w", reason, statusError(int64(r)))
 	}
 	return Blocker(r), nil
 }
@@ -154,7 +158,7 @@ func AddBlocker(modes abi.MigrationMode, reason string) (Blocker, error) {
 // Remove removes the blocker.
 func (b Blocker) Remove() error {
 	if err := statusError(int64(hostBlockerRemove(int32(b)))); err != nil {
-		return fmt.Errorf("remove migration blocker %d: %w", b, err)
+		return tinyfmt.Errorf("remove migration blocker %d: %w", b, err)
 	}
 	return nil
 }
@@ -163,7 +167,7 @@ func (b Blocker) Remove() error {
 // these modes.
 func SubscribeMigration(events abi.MigrationEvent, modes abi.MigrationMode) error {
 	if err := statusError(int64(hostMigrationSubscribe(int32(events), int32(modes)))); err != nil {
-		return fmt.Errorf("migration subscribe: %w", err)
+		return tinyfmt.Errorf("migration subscribe: %w", err)
 	}
 	return nil
 }
@@ -171,7 +175,7 @@ func SubscribeMigration(events abi.MigrationEvent, modes abi.MigrationMode) erro
 func propGetInt(name string) (uint64, error) {
 	var v uint64
 	if err := statusError(int64(hostPropGetInt(strPtr(name), uint32(len(name)), unsafe.Pointer(&v)))); err != nil {
-		return 0, fmt.Errorf("property %s: %w", name, err)
+		return 0, tinyfmt.Errorf("property %s: %w", name, err)
 	}
 	return v, nil
 }
@@ -181,13 +185,13 @@ func propGetString(name string) (string, error) {
 	for {
 		n := hostPropGetString(strPtr(name), uint32(len(name)), bytesPtr(buf), uint32(len(buf)))
 		if n < 0 {
-			return "", fmt.Errorf("property %s: %w", name, statusError(int64(n)))
+			return "", tinyfmt.Errorf("property %s: %w", name, statusError(int64(n)))
 		}
 		if int(n) <= len(buf) {
 			return string(buf[:n]), nil
 		}
 		if n > abi.MaxStringLen*16 {
-			return "", fmt.Errorf("property %s: host reports %d bytes", name, n)
+			return "", tinyfmt.Errorf("property %s: host reports %d bytes", name, n)
 		}
 		buf = make([]byte, n)
 	}

@@ -1,9 +1,8 @@
 package sdk
 
 import (
-	"fmt"
-
 	"wasmvmm/abi"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // property is a declared device property.
@@ -105,7 +104,7 @@ func (p *IntProp[T]) load() error {
 		return err
 	}
 	if v > p.typ.MaxInt() {
-		return fmt.Errorf("property %s: host value %d does not fit %s", p.name, v, p.typ)
+		return tinyfmt.Errorf("property %s: host value %d does not fit %s", p.name, v, p.typ)
 	}
 	p.val = T(v)
 	return nil

@@ -1,12 +1,12 @@
 package sdk
 
 import (
-	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
 
 	"wasmvmm/abi"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // Option configures a vmstate section or subsection.
@@ -114,32 +114,32 @@ func NewSection(name string, ptr any, opts ...Option) (*Section, error) {
 
 func (s *Section) build(name string, ptr any, cfg sectionConfig) error {
 	if name == "" {
-		return fmt.Errorf("vmstate: empty section name")
+		return tinyfmt.Errorf("vmstate: empty section name")
 	}
 	v := reflect.ValueOf(ptr)
 	if !v.IsValid() || v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
-		return fmt.Errorf("vmstate %s: need a non-nil pointer to a struct, got %T", name, ptr)
+		return tinyfmt.Errorf("vmstate %s: need a non-nil pointer to a struct, got %T", name, ptr)
 	}
 	if cfg.version == 0 {
-		return fmt.Errorf("vmstate %s: version must be at least 1", name)
+		return tinyfmt.Errorf("vmstate %s: version must be at least 1", name)
 	}
 	if cfg.minVersion > cfg.version {
-		return fmt.Errorf("vmstate %s: minimum version %d above version %d", name, cfg.minVersion, cfg.version)
+		return tinyfmt.Errorf("vmstate %s: minimum version %d above version %d", name, cfg.minVersion, cfg.version)
 	}
 	fields, err := structFields(v.Elem().Type(), "", cfg.version, true)
 	if err != nil {
-		return fmt.Errorf("vmstate %s: %w", name, err)
+		return tinyfmt.Errorf("vmstate %s: %w", name, err)
 	}
 	s.layout.Fields = fields
 	for _, sub := range cfg.subsections {
 		if sub == nil || sub.sec == nil {
-			return fmt.Errorf("vmstate %s: nil subsection", name)
+			return tinyfmt.Errorf("vmstate %s: nil subsection", name)
 		}
 		if sub.sec.err != nil {
-			return fmt.Errorf("vmstate %s: subsection: %w", name, sub.sec.err)
+			return tinyfmt.Errorf("vmstate %s: subsection: %w", name, sub.sec.err)
 		}
 		if len(sub.sec.subs) != 0 {
-			return fmt.Errorf("vmstate %s: subsection %s has subsections of its own; attach them to %s", name, sub.sec.layout.Name, name)
+			return tinyfmt.Errorf("vmstate %s: subsection %s has subsections of its own; attach them to %s", name, sub.sec.layout.Name, name)
 		}
 	}
 	// The relative layout must already be self-consistent.
@@ -196,14 +196,14 @@ func (s *Section) resolve(addr func(any) (uint32, error), neededID func(func() b
 func relocate(l *abi.Section, ptr any, addr func(any) (uint32, error)) (*abi.Section, error) {
 	base, err := addr(ptr)
 	if err != nil {
-		return nil, fmt.Errorf("vmstate %s: %w", l.Name, err)
+		return nil, tinyfmt.Errorf("vmstate %s: %w", l.Name, err)
 	}
 	out := *l
 	out.Subsections = nil
 	out.Fields = make([]abi.Field, len(l.Fields))
 	for i, f := range l.Fields {
 		if uint64(base)+uint64(f.Offset) > 0xffffffff {
-			return nil, fmt.Errorf("vmstate %s.%s: address beyond 4 GiB", l.Name, f.Name)
+			return nil, tinyfmt.Errorf("vmstate %s.%s: address beyond 4 GiB", l.Name, f.Name)
 		}
 		f.Offset += base
 		out.Fields[i] = f
@@ -228,20 +228,20 @@ func structFields(t reflect.Type, path string, version uint32, top bool) ([]abi.
 		}
 		name, since, cond, err := parseTag(tag)
 		if err != nil {
-			return nil, fmt.Errorf("field %s: %w", goPath, err)
+			return nil, tinyfmt.Errorf("field %s: %w", goPath, err)
 		}
 		if name == "" {
 			name = sf.Name
 		}
 		if prev, dup := names[name]; dup {
-			return nil, fmt.Errorf("field %s: name %q already used by field %s", goPath, name, prev)
+			return nil, tinyfmt.Errorf("field %s: name %q already used by field %s", goPath, name, prev)
 		}
 		names[name] = goPath
 		if since != 0 && !top {
-			return nil, fmt.Errorf("field %s: since=%d in a nested struct: a nested struct carries no version on the wire; gate the field on a property with if= instead", goPath, since)
+			return nil, tinyfmt.Errorf("field %s: since=%d in a nested struct: a nested struct carries no version on the wire; gate the field on a property with if= instead", goPath, since)
 		}
 		if since > version {
-			return nil, fmt.Errorf("field %s: since=%d is after the section version %d", goPath, since, version)
+			return nil, tinyfmt.Errorf("field %s: since=%d is after the section version %d", goPath, since, version)
 		}
 		f, err := fieldFor(sf.Type, goPath, version)
 		if err != nil {
@@ -264,7 +264,7 @@ func fieldFor(t reflect.Type, goPath string, version uint32) (abi.Field, error) 
 	switch t.Kind() {
 	case reflect.Array:
 		if t.Len() == 0 {
-			return abi.Field{}, fmt.Errorf("field %s: zero-length array %s", goPath, t)
+			return abi.Field{}, tinyfmt.Errorf("field %s: zero-length array %s", goPath, t)
 		}
 		if t.Elem().Kind() == reflect.Uint8 {
 			return abi.Field{Type: abi.FieldBuffer, Size: uint32(t.Len()), Count: 1}, nil
@@ -275,7 +275,7 @@ func fieldFor(t reflect.Type, goPath string, version uint32) (abi.Field, error) 
 		}
 		n := uint64(elem.Count) * uint64(t.Len())
 		if n > 1<<31 {
-			return abi.Field{}, fmt.Errorf("field %s: array of %d elements is too large", goPath, n)
+			return abi.Field{}, tinyfmt.Errorf("field %s: array of %d elements is too large", goPath, n)
 		}
 		elem.Count = uint32(n)
 		return elem, nil
@@ -285,7 +285,7 @@ func fieldFor(t reflect.Type, goPath string, version uint32) (abi.Field, error) 
 			return abi.Field{}, err
 		}
 		if len(members) == 0 {
-			return abi.Field{}, fmt.Errorf("field %s: struct %s has no migratable fields", goPath, t)
+			return abi.Field{}, tinyfmt.Errorf("field %s: struct %s has no migratable fields", goPath, t)
 		}
 		name := t.Name()
 		if name == "" {
@@ -294,9 +294,9 @@ func fieldFor(t reflect.Type, goPath string, version uint32) (abi.Field, error) 
 		return abi.Field{Type: abi.FieldStruct, Size: uint32(t.Size()), Count: 1,
 			Struct: &abi.Section{Name: name, Fields: members}}, nil
 	case reflect.Int, reflect.Uint, reflect.Uintptr:
-		return abi.Field{}, fmt.Errorf("field %s: type %s has a platform-dependent size; use a sized integer type (int32, uint64, ...)", goPath, t)
+		return abi.Field{}, tinyfmt.Errorf("field %s: type %s has a platform-dependent size; use a sized integer type (int32, uint64, ...)", goPath, t)
 	}
-	return abi.Field{}, fmt.Errorf("field %s: type %s is not supported in vmstate (use fixed-size integers, bool, fixed arrays or structs; tag it `vmstate:\"-\"` to leave it out)", goPath, t)
+	return abi.Field{}, tinyfmt.Errorf("field %s: type %s is not supported in vmstate (use fixed-size integers, bool, fixed arrays or structs; tag it `vmstate:\"-\"` to leave it out)", goPath, t)
 }
 
 var scalarTypes = map[reflect.Kind]abi.FieldType{
@@ -316,13 +316,13 @@ func parseTag(tag string) (name string, since uint32, cond *abi.Condition, err e
 		opt = strings.TrimSpace(opt)
 		key, val, ok := strings.Cut(opt, "=")
 		if !ok {
-			return "", 0, nil, fmt.Errorf("tag option %q: want key=value", opt)
+			return "", 0, nil, tinyfmt.Errorf("tag option %q: want key=value", opt)
 		}
 		switch key {
 		case "since":
 			n, perr := strconv.ParseUint(val, 10, 32)
 			if perr != nil {
-				return "", 0, nil, fmt.Errorf("tag option since=%q: not a version number", val)
+				return "", 0, nil, tinyfmt.Errorf("tag option since=%q: not a version number", val)
 			}
 			since = uint32(n)
 		case "if":
@@ -332,7 +332,7 @@ func parseTag(tag string) (name string, since uint32, cond *abi.Condition, err e
 			}
 			cond = c
 		default:
-			return "", 0, nil, fmt.Errorf("unknown tag option %q (want since= or if=)", key)
+			return "", 0, nil, tinyfmt.Errorf("unknown tag option %q (want since= or if=)", key)
 		}
 	}
 	return name, since, cond, nil
@@ -354,10 +354,10 @@ func parseCond(s string) (*abi.Condition, error) {
 		}
 		n, err := strconv.ParseUint(strings.TrimSpace(val), 0, 64)
 		if err != nil {
-			return nil, fmt.Errorf("condition %q: %q is not an unsigned number", s, val)
+			return nil, tinyfmt.Errorf("condition %q: %q is not an unsigned number", s, val)
 		}
 		if o.add == 1 && n == ^uint64(0) {
-			return nil, fmt.Errorf("condition %q: value out of range", s)
+			return nil, tinyfmt.Errorf("condition %q: value out of range", s)
 		}
 		return &abi.Condition{Prop: strings.TrimSpace(prop), Op: o.op, Value: n + o.add}, nil
 	}
@@ -365,7 +365,7 @@ func parseCond(s string) (*abi.Condition, error) {
 		return &abi.Condition{Prop: strings.TrimSpace(p), Op: abi.CondEQ, Value: 0}, nil
 	}
 	if s == "" {
-		return nil, fmt.Errorf("empty condition in if=")
+		return nil, tinyfmt.Errorf("empty condition in if=")
 	}
 	return &abi.Condition{Prop: strings.TrimSpace(s), Op: abi.CondNE, Value: 0}, nil
 }

@@ -47,9 +47,8 @@
 package main
 
 import (
-	"fmt"
-
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 func main() {}
@@ -112,7 +111,7 @@ func init() {
 func (d *device) Realize(r *sdk.Realizer) error {
 	server := serverProp.Get()
 	if server > 1<<24 {
-		return fmt.Errorf("property server is %d; interrupt server numbers are below 2^24", server)
+		return tinyfmt.Errorf("property server is %d; interrupt server numbers are below 2^24", server)
 	}
 	if _, err := r.AddMMIO(regionSize); err != nil {
 		return err

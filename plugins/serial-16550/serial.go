@@ -12,10 +12,10 @@ package main
 
 import (
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 func main() {}
@@ -180,7 +180,7 @@ func init() {
 // Realize adds the 8-port region and opens the console backend.
 func (u *uart) Realize(r *sdk.Realizer) error {
 	if baudBase.Get() == 0 {
-		return fmt.Errorf("property baudbase must be non-zero")
+		return tinyfmt.Errorf("property baudbase must be non-zero")
 	}
 	if _, err := r.AddPIO(8); err != nil {
 		return err
@@ -625,7 +625,7 @@ func (u *uart) PostLoad(uint32) error {
 		f    *fifo
 	}{{"rx", &queues.RX}, {"tx", &queues.TX}} {
 		if q.f.Head >= fifoSize || q.f.Count > fifoSize {
-			return fmt.Errorf("serial/fifo: %s head %d count %d outside a %d-byte FIFO", q.name, q.f.Head, q.f.Count, fifoSize)
+			return tinyfmt.Errorf("serial/fifo: %s head %d count %d outside a %d-byte FIFO", q.name, q.f.Head, q.f.Count, fifoSize)
 		}
 	}
 	st.IER &= ierMask

@@ -23,10 +23,10 @@ package main
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 
@@ -144,10 +144,10 @@ func init() {
 // transport.
 func (d *blk) Realize(r *sdk.Realizer) error {
 	if numQ.Get() != 1 {
-		return fmt.Errorf("property num_queues is %d; this device supports 1 queue", numQ.Get())
+		return tinyfmt.Errorf("property num_queues is %d; this device supports 1 queue", numQ.Get())
 	}
 	if len(serial.Get()) > idBytes {
-		return fmt.Errorf("property serial %q is %d bytes; at most %d fit", serial.Get(), len(serial.Get()), idBytes)
+		return tinyfmt.Errorf("property serial %q is %d bytes; at most %d fit", serial.Get(), len(serial.Get()), idBytes)
 	}
 	copy(d.id[:], serial.Get())
 	if _, err := r.AddMMIO(virtio.RegionSize); err != nil {
@@ -155,7 +155,7 @@ func (d *blk) Realize(r *sdk.Realizer) error {
 	}
 	disk, err := sdk.OpenBackend(abi.BackendBlock, "disk")
 	if err != nil {
-		return fmt.Errorf("virtio-blk needs a block backend named \"disk\": %w", err)
+		return tinyfmt.Errorf("virtio-blk needs a block backend named \"disk\": %w", err)
 	}
 	size, err := disk.Size()
 	if err != nil {
@@ -236,7 +236,7 @@ func (d *blk) PreSave() error { return nil }
 // size the source had.
 func (d *blk) PostLoad(uint32) error {
 	if st.Capacity != d.capacity {
-		return fmt.Errorf("virtio-blk: the source's disk had %d sectors, this image has %d", st.Capacity, d.capacity)
+		return tinyfmt.Errorf("virtio-blk: the source's disk had %d sectors, this image has %d", st.Capacity, d.capacity)
 	}
 	return d.t.PostLoad()
 }

@@ -26,10 +26,10 @@ package main
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 
@@ -186,11 +186,11 @@ var (
 func chunkSubsections() []sdk.Option {
 	var opts []sdk.Option
 	for i := range backing {
-		opts = append(opts, sdk.Subsection(fmt.Sprintf("virtio-gpu/backing/%d", i), &backing[i],
+		opts = append(opts, sdk.Subsection(tinyfmt.Sprintf("virtio-gpu/backing/%d", i), &backing[i],
 			func() bool { return uint32(i)*backingChunkEntries < st.BackingUsed }))
 	}
 	for i := range arena {
-		opts = append(opts, sdk.Subsection(fmt.Sprintf("virtio-gpu/pixels/%d", i), &arena[i],
+		opts = append(opts, sdk.Subsection(tinyfmt.Sprintf("virtio-gpu/pixels/%d", i), &arena[i],
 			func() bool { return chunkInUse(uint32(i)) }))
 	}
 	return opts
@@ -223,15 +223,15 @@ func init() {
 func (d *device) Realize(r *sdk.Realizer) error {
 	n := maxOutputs.Get()
 	if n < 1 || n > maxScanouts {
-		return fmt.Errorf("property max_outputs is %d; it must be 1 to %d", n, maxScanouts)
+		return tinyfmt.Errorf("property max_outputs is %d; it must be 1 to %d", n, maxScanouts)
 	}
 	for _, p := range []*sdk.IntProp[uint32]{xres, yres} {
 		if v := p.Get(); v < minScanoutSize || v > maxEDIDDimension {
-			return fmt.Errorf("property %s is %d; it must be %d to %d", p.Name(), v, minScanoutSize, maxEDIDDimension)
+			return tinyfmt.Errorf("property %s is %d; it must be %d to %d", p.Name(), v, minScanoutSize, maxEDIDDimension)
 		}
 	}
 	if v := scanoutVersion.Get(); v != 1 && v != 2 {
-		return fmt.Errorf("property scanout_vmstate_version is %d; it must be 1 or 2", v)
+		return tinyfmt.Errorf("property scanout_vmstate_version is %d; it must be 1 or 2", v)
 	}
 	d.outputs = n
 	d.pixels = arenaSlice()
@@ -324,7 +324,7 @@ func (d *device) PreSave() error { return nil }
 // brings the transport's interrupt line to its level.
 func (d *device) PostLoad(uint32) error {
 	if err := d.checkLoaded(); err != nil {
-		return fmt.Errorf("virtio-gpu: loaded state: %w", err)
+		return tinyfmt.Errorf("virtio-gpu: loaded state: %w", err)
 	}
 	if err := d.t.PostLoad(); err != nil {
 		return err
@@ -333,7 +333,7 @@ func (d *device) PostLoad(uint32) error {
 	// continuation timer, which does not migrate: resume them here.
 	if d.t.Live() {
 		if err := continueTimer.Arm(sdk.Now()); err != nil {
-			return fmt.Errorf("virtio-gpu: arming the continuation timer: %w", err)
+			return tinyfmt.Errorf("virtio-gpu: arming the continuation timer: %w", err)
 		}
 	}
 	return nil

@@ -2,11 +2,11 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"sort"
 	"unsafe"
 
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // memEntry and sdk.SGEntry must have the same layout: the backing pool is
@@ -193,10 +193,10 @@ func chunkInUse(c uint32) bool {
 // refused.
 func (d *device) checkLoaded() error {
 	if st.MaxOutputs != d.outputs {
-		return fmt.Errorf("the source had max_outputs %d, this device has %d", st.MaxOutputs, d.outputs)
+		return tinyfmt.Errorf("the source had max_outputs %d, this device has %d", st.MaxOutputs, d.outputs)
 	}
 	if st.BackingUsed > maxBackingEntries {
-		return fmt.Errorf("backing pool holds %d entries, at most %d fit", st.BackingUsed, maxBackingEntries)
+		return tinyfmt.Errorf("backing pool holds %d entries, at most %d fit", st.BackingUsed, maxBackingEntries)
 	}
 	clear(d.pool[st.BackingUsed:])
 	seen := map[uint32]bool{}
@@ -207,30 +207,30 @@ func (d *device) checkLoaded() error {
 		r := &st.Resources[i]
 		if r.ID == 0 {
 			if *r != (resource{}) {
-				return fmt.Errorf("resource table entry %d is free but not zero", i)
+				return tinyfmt.Errorf("resource table entry %d is free but not zero", i)
 			}
 			continue
 		}
 		if seen[r.ID] {
-			return fmt.Errorf("resource %d appears twice", r.ID)
+			return tinyfmt.Errorf("resource %d appears twice", r.ID)
 		}
 		seen[r.ID] = true
 		if !validFormat(r.Format) || r.Width == 0 || r.Height == 0 || r.Width > maxDimension || r.Height > maxDimension {
-			return fmt.Errorf("resource %d: format %d, %dx%d is not a valid 2D resource", r.ID, r.Format, r.Width, r.Height)
+			return tinyfmt.Errorf("resource %d: format %d, %dx%d is not a valid 2D resource", r.ID, r.Format, r.Width, r.Height)
 		}
 		size := uint64(r.Width) * uint64(r.Height) * bytesPerPixel
 		if size > arenaBytes || uint64(r.Pixels)+size > arenaBytes {
-			return fmt.Errorf("resource %d: image [%d, +%d) outside the %d-byte pixel arena", r.ID, r.Pixels, size, arenaBytes)
+			return tinyfmt.Errorf("resource %d: image [%d, +%d) outside the %d-byte pixel arena", r.ID, r.Pixels, size, arenaBytes)
 		}
 		spans = append(spans, span{r.Pixels, r.Pixels + uint32(size)})
 		if r.BackingCount == 0 {
 			if r.BackingStart != 0 || r.BackingBytes != 0 {
-				return fmt.Errorf("resource %d: backing fields set without entries", r.ID)
+				return tinyfmt.Errorf("resource %d: backing fields set without entries", r.ID)
 			}
 			continue
 		}
 		if uint64(r.BackingStart)+uint64(r.BackingCount) > uint64(st.BackingUsed) {
-			return fmt.Errorf("resource %d: backing entries [%d, +%d) outside the %d used", r.ID, r.BackingStart, r.BackingCount, st.BackingUsed)
+			return tinyfmt.Errorf("resource %d: backing entries [%d, +%d) outside the %d used", r.ID, r.BackingStart, r.BackingCount, st.BackingUsed)
 		}
 		backingTotal += r.BackingCount
 		var bytes uint64
@@ -240,11 +240,11 @@ func (d *device) checkLoaded() error {
 			bytes += uint64(e.Len)
 		}
 		if bytes != r.BackingBytes {
-			return fmt.Errorf("resource %d: backing of %d bytes recorded, its entries hold %d", r.ID, r.BackingBytes, bytes)
+			return tinyfmt.Errorf("resource %d: backing of %d bytes recorded, its entries hold %d", r.ID, r.BackingBytes, bytes)
 		}
 	}
 	if backingTotal != st.BackingUsed {
-		return fmt.Errorf("backing pool: %d entries used, resources own %d", st.BackingUsed, backingTotal)
+		return tinyfmt.Errorf("backing pool: %d entries used, resources own %d", st.BackingUsed, backingTotal)
 	}
 	sort.Slice(spans, func(a, b int) bool { return spans[a].lo < spans[b].lo })
 	for k := 1; k < len(spans); k++ {
@@ -275,14 +275,14 @@ func (d *device) checkLoaded() error {
 			continue
 		}
 		if uint32(i) >= d.outputs {
-			return fmt.Errorf("scanout %d shows resource %d, but the device has %d outputs", i, s.ResourceID, d.outputs)
+			return tinyfmt.Errorf("scanout %d shows resource %d, but the device has %d outputs", i, s.ResourceID, d.outputs)
 		}
 		r := findResource(s.ResourceID)
 		if r == nil {
-			return fmt.Errorf("scanout %d shows resource %d, which does not exist", i, s.ResourceID)
+			return tinyfmt.Errorf("scanout %d shows resource %d, which does not exist", i, s.ResourceID)
 		}
 		if s.X < 0 || s.Y < 0 || !scanoutRectOK(uint32(s.X), uint32(s.Y), s.Width, s.Height, r) {
-			return fmt.Errorf("scanout %d: rectangle (%d,%d)+%dx%d does not fit resource %d (%dx%d)", i, s.X, s.Y, s.Width, s.Height, r.ID, r.Width, r.Height)
+			return tinyfmt.Errorf("scanout %d: rectangle (%d,%d)+%dx%d does not fit resource %d (%dx%d)", i, s.X, s.Y, s.Width, s.Height, r.ID, r.Width, r.Height)
 		}
 		// Streams of scanout layout 1 carry no fb.* fields; both layouts
 		// describe the same framebuffer, which follows from the resource.

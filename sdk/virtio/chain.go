@@ -3,10 +3,10 @@ package virtio
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // Errors of a malformed descriptor chain. Each is wrapped in a *ChainError
@@ -43,7 +43,7 @@ func (e *ChainError) Error() string {
 	if e.Indirect {
 		where = "indirect table"
 	}
-	return fmt.Sprintf("descriptor chain at head %d, %s entry %d: %v", e.Head, where, e.Index, e.Kind)
+	return tinyfmt.Sprintf("descriptor chain at head %d, %s entry %d: %v", e.Head, where, e.Index, e.Kind)
 }
 
 // Unwrap returns the kind.

@@ -2,7 +2,8 @@ package virtio
 
 import (
 	"errors"
-	"fmt"
+
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // Queue is one split virtqueue of a transport. Its state lives in the
@@ -58,7 +59,7 @@ func (q *Queue) Pop() (*Chain, error) {
 		return nil, nil
 	}
 	if pending > num {
-		return nil, q.fail(fmt.Errorf("%w: avail idx %d, device at %d, queue size %d", ErrAvailIndex, avail, q.st.LastAvailIdx, num))
+		return nil, q.fail(tinyfmt.Errorf("%w: avail idx %d, device at %d, queue size %d", ErrAvailIndex, avail, q.st.LastAvailIdx, num))
 	}
 	slot := uint64(q.st.LastAvailIdx % num)
 	head := uint16(mem.Load(q.st.DriverAddr+ringHeaderLen+2*slot, 2))
@@ -72,7 +73,7 @@ func (q *Queue) Pop() (*Chain, error) {
 }
 
 func (q *Queue) fail(err error) error {
-	q.t.SetNeedsReset("chain", fmt.Sprintf("queue %d: %v; device needs reset", q.index, err))
+	q.t.SetNeedsReset("chain", tinyfmt.Sprintf("queue %d: %v; device needs reset", q.index, err))
 	return err
 }
 
@@ -163,7 +164,7 @@ func (q *Queue) setReady(on bool) {
 		return
 	}
 	if err := q.check(); err != nil {
-		q.t.SetNeedsReset("queue-setup", fmt.Sprintf("queue %d not enabled: %v; device needs reset", q.index, err))
+		q.t.SetNeedsReset("queue-setup", tinyfmt.Sprintf("queue %d not enabled: %v; device needs reset", q.index, err))
 		return
 	}
 	q.st.Ready = true
@@ -176,7 +177,7 @@ func (q *Queue) setReady(on bool) {
 func (q *Queue) check() error {
 	num := q.st.Num
 	if num == 0 || num&(num-1) != 0 || num > q.max {
-		return fmt.Errorf("size %d is not a power of two in 1..%d", num, q.max)
+		return tinyfmt.Errorf("size %d is not a power of two in 1..%d", num, q.max)
 	}
 	areas := [...]struct {
 		name  string
@@ -190,13 +191,13 @@ func (q *Queue) check() error {
 	}
 	for _, a := range areas {
 		if a.addr%a.align != 0 {
-			return fmt.Errorf("%s at %#x is not %d-byte aligned", a.name, a.addr, a.align)
+			return tinyfmt.Errorf("%s at %#x is not %d-byte aligned", a.name, a.addr, a.align)
 		}
 		if a.addr+a.size < a.addr {
-			return fmt.Errorf("%s at %#x wraps around the address space", a.name, a.addr)
+			return tinyfmt.Errorf("%s at %#x wraps around the address space", a.name, a.addr)
 		}
 		if err := q.t.cfg.Memory.Read(a.addr, q.t.scratch[:a.size]); err != nil {
-			return fmt.Errorf("%s [%#x, +%#x) is not in guest RAM", a.name, a.addr, a.size)
+			return tinyfmt.Errorf("%s [%#x, +%#x) is not in guest RAM", a.name, a.addr, a.size)
 		}
 	}
 	return nil

@@ -3,10 +3,10 @@ package virtio
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 )
 
 // Handler is the device behind a transport.
@@ -76,15 +76,15 @@ func NewTransport(cfg Config, st *TransportState, queues []QueueState, h Handler
 		return nil, errors.New("virtio: nil state or handler")
 	}
 	if len(queues) != len(cfg.QueueSizes) || len(queues) == 0 {
-		return nil, fmt.Errorf("virtio %s: %d queue states for %d queues", cfg.Name, len(queues), len(cfg.QueueSizes))
+		return nil, tinyfmt.Errorf("virtio %s: %d queue states for %d queues", cfg.Name, len(queues), len(cfg.QueueSizes))
 	}
 	if cfg.ConfigSize > MaxConfigSize {
-		return nil, fmt.Errorf("virtio %s: config space of %d bytes exceeds %d", cfg.Name, cfg.ConfigSize, MaxConfigSize)
+		return nil, tinyfmt.Errorf("virtio %s: config space of %d bytes exceeds %d", cfg.Name, cfg.ConfigSize, MaxConfigSize)
 	}
 	largest := uint16(0)
 	for i, n := range cfg.QueueSizes {
 		if n == 0 || n&(n-1) != 0 || n > MaxQueueSize {
-			return nil, fmt.Errorf("virtio %s: queue %d size %d is not a power of two up to %d", cfg.Name, i, n, MaxQueueSize)
+			return nil, tinyfmt.Errorf("virtio %s: queue %d size %d is not a power of two up to %d", cfg.Name, i, n, MaxQueueSize)
 		}
 		largest = max(largest, n)
 	}
@@ -222,9 +222,9 @@ func (t *Transport) Logf(level abi.LogLevel, key, format string, args ...any) {
 	if !ok {
 		return
 	}
-	msg := fmt.Sprintf(format, args...)
+	msg := tinyfmt.Sprintf(format, args...)
 	if suppressed > 0 {
-		msg = fmt.Sprintf("%s (%d similar messages suppressed)", msg, suppressed)
+		msg = tinyfmt.Sprintf("%s (%d similar messages suppressed)", msg, suppressed)
 	}
 	t.cfg.Log(level, t.cfg.Name+": "+msg)
 }
@@ -401,7 +401,7 @@ func (t *Transport) writeStatus(v uint8) {
 // checkFeatures says why a driver's feature set is unacceptable, or nil.
 func (t *Transport) checkFeatures(f uint64) error {
 	if extra := f &^ t.offered; extra != 0 {
-		return fmt.Errorf("driver accepts features %#x the device does not offer (offered %#x)", extra, t.offered)
+		return tinyfmt.Errorf("driver accepts features %#x the device does not offer (offered %#x)", extra, t.offered)
 	}
 	if f&(1<<FVersion1) == 0 {
 		return errors.New("VIRTIO_F_VERSION_1 not accepted (legacy drivers are not supported)")
@@ -454,7 +454,7 @@ func (t *Transport) PostLoad() error {
 	st := t.st
 	if st.Status&StatusFeaturesOK != 0 {
 		if err := t.checkFeatures(st.DriverFeatures); err != nil {
-			return fmt.Errorf("virtio %s: loaded state: %w", t.cfg.Name, err)
+			return tinyfmt.Errorf("virtio %s: loaded state: %w", t.cfg.Name, err)
 		}
 	}
 	st.DeviceFeatures = t.offered
@@ -464,7 +464,7 @@ func (t *Transport) PostLoad() error {
 			continue
 		}
 		if err := q.check(); err != nil {
-			return fmt.Errorf("virtio %s: loaded state: queue %d: %w", t.cfg.Name, i, err)
+			return tinyfmt.Errorf("virtio %s: loaded state: queue %d: %w", t.cfg.Name, i, err)
 		}
 	}
 	t.irqKnown = false

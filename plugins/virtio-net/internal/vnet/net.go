@@ -55,10 +55,10 @@ package vnet
 
 import (
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 
@@ -223,17 +223,17 @@ func Register(rel Release) {
 func (d *device) Realize(r *sdk.Realizer) error {
 	mac, err := parseMAC(macProp.Get())
 	if err != nil {
-		return fmt.Errorf("property mac: %w", err)
+		return tinyfmt.Errorf("property mac: %w", err)
 	}
 	if mtuProp.Get() < 68 {
-		return fmt.Errorf("property mtu is %d; the smallest IPv4 MTU is 68", mtuProp.Get())
+		return tinyfmt.Errorf("property mtu is %d; the smallest IPv4 MTU is 68", mtuProp.Get())
 	}
 	if _, err := r.AddMMIO(virtio.RegionSize); err != nil {
 		return err
 	}
 	be, err := sdk.OpenBackend(abi.BackendNet, "net")
 	if err != nil {
-		return fmt.Errorf("virtio-net needs a net backend named \"net\": %w", err)
+		return tinyfmt.Errorf("virtio-net needs a net backend named \"net\": %w", err)
 	}
 	d.be, d.vnet = be, vnetHdr.Get()
 	if err := be.PreserveFD("net", 0); err != nil && !errors.Is(err, abi.ErrUnsupported) {
@@ -286,7 +286,7 @@ func offeredFeatures(vnet bool) uint64 {
 func parseMAC(s string) ([6]byte, error) {
 	var mac [6]byte
 	if len(s) != 17 {
-		return mac, fmt.Errorf("%q is not a MAC address (xx:xx:xx:xx:xx:xx)", s)
+		return mac, tinyfmt.Errorf("%q is not a MAC address (xx:xx:xx:xx:xx:xx)", s)
 	}
 	hex := func(c byte) (byte, bool) {
 		switch {
@@ -303,12 +303,12 @@ func parseMAC(s string) ([6]byte, error) {
 		hi, ok1 := hex(s[3*i])
 		lo, ok2 := hex(s[3*i+1])
 		if !ok1 || !ok2 || (i < 5 && s[3*i+2] != ':') {
-			return mac, fmt.Errorf("%q is not a MAC address (xx:xx:xx:xx:xx:xx)", s)
+			return mac, tinyfmt.Errorf("%q is not a MAC address (xx:xx:xx:xx:xx:xx)", s)
 		}
 		mac[i] = hi<<4 | lo
 	}
 	if mac[0]&1 != 0 {
-		return mac, fmt.Errorf("%s is a multicast address", s)
+		return mac, tinyfmt.Errorf("%s is a multicast address", s)
 	}
 	return mac, nil
 }
@@ -426,7 +426,7 @@ func (d *device) PostLoad(uint32) error {
 		return err
 	}
 	if st.MTU < 68 {
-		return fmt.Errorf("virtio-net: loaded mtu %d is below 68", st.MTU)
+		return tinyfmt.Errorf("virtio-net: loaded mtu %d is below 68", st.MTU)
 	}
 	st.HostFeatures = d.t.OfferedFeatures()
 	d.fillConfig()

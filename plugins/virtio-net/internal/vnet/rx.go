@@ -2,10 +2,10 @@ package vnet
 
 import (
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 
@@ -121,7 +121,7 @@ func (d *device) refill(q *virtio.Queue, mrg bool, need uint64) bool {
 			return true
 		}
 		if c.ReadableLen != 0 || c.WritableLen < hdrLen {
-			d.t.SetNeedsReset("rx-chain", fmt.Sprintf("receive chain at head %d has %d device-readable and %d device-writable bytes (want only device-writable ones, at least %d); device needs reset",
+			d.t.SetNeedsReset("rx-chain", tinyfmt.Sprintf("receive chain at head %d has %d device-readable and %d device-writable bytes (want only device-writable ones, at least %d); device needs reset",
 				c.Head, c.ReadableLen, c.WritableLen, hdrLen))
 			p.clear()
 			return false
@@ -171,7 +171,7 @@ func (d *device) receive() {
 				break
 			}
 			if errors.Is(err, abi.ErrOutOfBounds) {
-				d.t.SetNeedsReset("rx-ram", fmt.Sprintf("a receive buffer of the chains at heads %d.. lies outside guest RAM; device needs reset", p.chains[0].head))
+				d.t.SetNeedsReset("rx-ram", tinyfmt.Sprintf("a receive buffer of the chains at heads %d.. lies outside guest RAM; device needs reset", p.chains[0].head))
 				p.clear()
 				break
 			}

@@ -3,10 +3,10 @@ package vnet
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
+	"wasmvmm/sdk/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 
@@ -104,7 +104,7 @@ func (d *device) txBatch(qs *virtio.QueueState, max int) (int, bool) {
 		return 0, false
 	}
 	if pending > num {
-		d.t.SetNeedsReset("tx-ring", fmt.Sprintf("transmit queue: available index %d is %d ahead of the device's %d, queue size %d; device needs reset", avail, pending, qs.LastAvailIdx, num))
+		d.t.SetNeedsReset("tx-ring", tinyfmt.Sprintf("transmit queue: available index %d is %d ahead of the device's %d, queue size %d; device needs reset", avail, pending, qs.LastAvailIdx, num))
 		return 0, false
 	}
 	n := min(int(pending), max)
@@ -136,7 +136,7 @@ func (d *device) txBatch(qs *virtio.QueueState, max int) (int, bool) {
 		c := &r.chain
 		head := le.Uint16(r.heads[2*done:])
 		if err := r.walker.WalkChain(c, qs.DescAddr, num, head, lim); err != nil {
-			d.t.SetNeedsReset("chain", fmt.Sprintf("queue %d: %v; device needs reset", txQ, err))
+			d.t.SetNeedsReset("chain", tinyfmt.Sprintf("queue %d: %v; device needs reset", txQ, err))
 			break
 		}
 		if c.ReadableLen < hdrLen+14 || c.ReadableLen > hdrLen+maxGSOFrame {
