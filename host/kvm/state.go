@@ -23,6 +23,9 @@ type VCPUState struct {
 	Sregs           Sregs2
 	InterruptBitmap [4]uint64
 
+	// FPU is the legacy FPU/SSE state. SaveState leaves it zero: XSAVE
+	// holds the same registers and RestoreState uses FPU only for a state
+	// without XSAVE (one KVM_GET_FPU less inside a migration's pause).
 	FPU FPU
 	// XSAVE is the XSAVE area (KVM_GET_XSAVE2 or KVM_GET_XSAVE), usually 4096
 	// bytes; it includes the FPU state, so RestoreState prefers it to FPU.
@@ -66,10 +69,7 @@ func (e *PendingExitError) Unwrap() error { return ErrPendingExit }
 // not saved). The vCPU must be stopped: call SaveState from the goroutine
 // that runs it, between two Runs.
 //
-// The reads follow QEMU's order (facts from kvm_arch_get_registers): events,
-// then MP state (reading it may process a pending INIT/SIPI, which changes
-// CS and RIP), then registers, special registers, FPU/XSAVE, XCRs, MSRs,
-// LAPIC and debug registers.
+// The reads are ReadState's.
 func (v *VCPU) SaveState() (*VCPUState, error) {
 	exit, err := v.CompletePendingIO()
 	if err != nil {
@@ -78,6 +78,23 @@ func (v *VCPU) SaveState() (*VCPUState, error) {
 	if !exit.Interrupted() {
 		return nil, fmt.Errorf("vcpu %d: save state: %w", v.id, &PendingExitError{Exit: exit})
 	}
+	return v.ReadState()
+}
+
+// ReadState reads the complete vCPU state without entering KVM_RUN: the
+// caller ensures that no exit is half done, i.e. that CompletePendingIO
+// returned an interrupted exit after the vCPU's last Run (SaveState does
+// both). It issues only state ioctls, so it may be called from any thread
+// while the vCPU's own thread is outside KVM_RUN (KVM takes the vCPU's
+// mutex for each); this spares a hop to that thread, which costs more than
+// the reads on a nested host.
+//
+// The reads follow QEMU's order (facts from kvm_arch_get_registers): events,
+// then MP state (reading it may process a pending INIT/SIPI, which changes
+// CS and RIP), then registers, special registers, XSAVE, XCRs, MSRs,
+// LAPIC and debug registers.
+func (v *VCPU) ReadState() (*VCPUState, error) {
+	var err error
 	st := &VCPUState{ID: v.id}
 	if st.Events, err = v.VCPUEvents(); err != nil {
 		return nil, err
@@ -99,9 +116,6 @@ func (v *VCPU) SaveState() (*VCPUState, error) {
 		}
 		st.Sregs = sregs2From(s)
 		st.InterruptBitmap = s.InterruptBitmap
-	}
-	if st.FPU, err = v.FPU(); err != nil {
-		return nil, err
 	}
 	if st.XSAVE, err = v.XSAVE(); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -92,6 +93,12 @@ type vcpu struct {
 	id   int
 	cpu  *kvm.VCPU
 	work []func() // run on the vCPU's thread while parked; guarded by pause.mu
+	// settled says the vCPU's thread finished any half-done exit
+	// (CompletePendingIO) after its last KVM_RUN and before it parked, so
+	// its state can be read from another thread (kvm.VCPU.ReadState).
+	// Written by the vCPU's thread, read by others under pause.mu's
+	// ordering (it is set before the thread counts itself parked).
+	settled atomic.Bool
 
 	throttleGen uint64 // last throttle tick this vCPU slept for (dirty.go)
 }
@@ -511,6 +518,9 @@ type pauseControl struct {
 	paused     bool
 	terminated bool
 	parked     int
+	// settle asks the vCPU threads to finish any half-done exit before
+	// they park (StopFor: their state is read next); cleared on resume.
+	settle bool
 }
 
 func (p *pauseControl) init() { p.cond = sync.NewCond(&p.mu) }
@@ -518,6 +528,9 @@ func (p *pauseControl) init() { p.cond = sync.NewCond(&p.mu) }
 func (p *pauseControl) set(paused bool) {
 	p.mu.Lock()
 	p.paused = paused
+	if !paused {
+		p.settle = false
+	}
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
@@ -553,8 +566,9 @@ func (p *pauseControl) park(v *vcpu) bool {
 	return !p.terminated
 }
 
-// onVCPU runs f on v's own thread while the vCPUs are parked (KVM wants a
-// vCPU's state read where it runs) and returns f's error.
+// onVCPU runs f on v's own thread while the vCPUs are parked (KVM_RUN, which
+// finishing a half-done exit needs, belongs on the thread that runs the
+// vCPU) and returns f's error.
 func (m *Machine) onVCPU(v *vcpu, f func() error) error {
 	if !m.started {
 		return f() // no vCPU thread exists yet: nothing has run KVM_RUN
@@ -569,6 +583,14 @@ func (m *Machine) onVCPU(v *vcpu, f func() error) error {
 	m.pause.cond.Broadcast()
 	m.pause.mu.Unlock()
 	return <-done
+}
+
+// pausing reports whether the vCPUs must park, and whether they should
+// settle before.
+func (p *pauseControl) pausing() (paused, settle bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.paused || p.terminated, p.settle && !p.terminated
 }
 
 func (p *pauseControl) isPaused() bool {
@@ -592,17 +614,40 @@ func (m *Machine) runVCPU(v *vcpu) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for {
-		if m.pause.isPaused() {
+		if paused, settle := m.pause.pausing(); paused {
+			if settle && !v.settled.Load() {
+				m.settle(v)
+			}
 			if !m.pause.park(v) {
 				return
 			}
 			continue
 		}
 		m.throttleWait(v)
+		v.settled.Store(false)
 		exit, err := v.cpu.Run()
 		if err != nil {
 			m.internalError(v, err.Error())
 			continue
+		}
+		m.handleExit(v, &exit)
+	}
+}
+
+// settle finishes, on the vCPU's thread, the instruction its last exit left
+// half done (handling the exits that takes, as SaveCPUState would), so that
+// its state can then be read from any thread without entering KVM_RUN
+// again. A vCPU that does not settle (an error, or I/O that goes on) stays
+// unsettled and SaveCPUState reads it on its thread.
+func (m *Machine) settle(v *vcpu) {
+	for i := 0; i < 64; i++ {
+		exit, err := v.cpu.CompletePendingIO()
+		if err != nil {
+			return
+		}
+		if exit.Interrupted() {
+			v.settled.Store(true)
+			return
 		}
 		m.handleExit(v, &exit)
 	}

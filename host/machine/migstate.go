@@ -10,6 +10,11 @@ func (m *Machine) StopFor(state RunState) (prev RunState, err error) {
 	if err := m.state.set(state, ""); err != nil {
 		return prev, err
 	}
+	// The state is read next: each vCPU finishes its last exit on its
+	// own thread as it parks, so SaveCPUState needs no hop to it.
+	m.pause.mu.Lock()
+	m.pause.settle = true
+	m.pause.mu.Unlock()
 	m.parkVCPUs()
 	if prev == StateRunning {
 		m.Clock.Pause()

@@ -131,7 +131,9 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 			return reply(fmt.Errorf("incompatible source: %w", err))
 		}
 		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := writeMsg(conn, verdictMagic, verdict{OK: true, FreshRAM: fresh}); err != nil {
+		// A source that reads vmdesc_optional ends the stream at EOF
+		// without the vmdesc: this side compared every schema already.
+		if err := writeMsg(conn, verdictMagic, preflightAnswer{verdict: verdict{OK: true, FreshRAM: fresh}, VMDescOptional: true}); err != nil {
 			return fmt.Errorf("pre-flight answer: %w", err)
 		}
 		if fresh && len(src.Populated) == len(m.Memory().Blocks()) {
@@ -145,7 +147,8 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		}
 	}
 	counter := &countingReader{r: r}
-	res, err := vmstate.Load(counter, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg})
+	res, err := vmstate.Load(counter, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg,
+		AllowMissingVMDesc: framed})
 	if err != nil {
 		return reply(err)
 	}
