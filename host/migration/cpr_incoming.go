@@ -324,9 +324,13 @@ func (f *firstByteReader) Read(p []byte) (int, error) {
 // the first load in a process costs several times a later one (for the
 // test machine's devices 0.7 ms against 0.2 ms), and the real one is
 // inside the pause. The devices are fresh and their events held, so the
-// round trip changes nothing.
+// round trip changes nothing. The vCPU state is written back the same way
+// (machine.WarmUpRestore).
 func (g *Migrator) warmUpLoad() error {
 	m := g.cfg.Machine
+	if err := m.WarmUpRestore(); err != nil {
+		return err
+	}
 	_, reg, err := machineRegistry(m)
 	if err != nil {
 		return err

@@ -136,6 +136,11 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		if err := writeMsg(conn, verdictMagic, preflightAnswer{verdict: verdict{OK: true, FreshRAM: fresh}, VMDescOptional: true}); err != nil {
 			return fmt.Errorf("pre-flight answer: %w", err)
 		}
+		// While RAM streams in: the first vCPU restore in a process is
+		// slow, and the real one is inside the pause.
+		if err := m.WarmUpRestore(); err != nil {
+			g.log.Warn("warm-up of the vCPU restore", "error", err)
+		}
 		if fresh && len(src.Populated) == len(m.Memory().Blocks()) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
