@@ -72,6 +72,22 @@ func (m *Machine) SaveCPUState() (*CPUState, error) {
 	return st, nil
 }
 
+// StateReadable reports whether every vCPU settled as it parked (StopFor),
+// so that SaveCPUState only reads state: no exit is handled, no device
+// runs and no RAM is written, and it may run alongside other work (a
+// migration's last RAM pass).
+func (m *Machine) StateReadable() bool {
+	if !m.pause.isPaused() {
+		return false
+	}
+	for _, v := range m.vcpus {
+		if !v.settled.Load() {
+			return false
+		}
+	}
+	return true
+}
+
 // RestoreCPUState loads a saved state into this machine, whose vCPUs must be
 // parked (started paused, or incoming). The run state is not changed: the
 // caller decides whether to resume (see RunState.Live).

@@ -532,6 +532,27 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	g.setStatus(StatusDevice)
 	var tm phaseTimer
 	tm.start()
+	// The vCPU state: read alongside the disks and the last RAM pass when
+	// that only reads (the vCPUs settled as they parked), else first, as
+	// finishing an exit may run a device that writes RAM the final dirty
+	// sync must see.
+	var cpu *machine.CPUState
+	var cpuErr error
+	cpuDone := make(chan struct{})
+	if m.StateReadable() {
+		go func() {
+			defer close(cpuDone)
+			cpu, cpuErr = m.SaveCPUState()
+		}()
+		defer func() { <-cpuDone }() // not past a failure: the guest may run again
+	} else {
+		cpu, cpuErr = m.SaveCPUState()
+		close(cpuDone)
+		if cpuErr != nil {
+			return true, prev, nil, cpuErr
+		}
+		tm.mark("cpu")
+	}
 	gaveUp, err := inactivateDisks(m)
 	tm.mark("disks")
 	if err != nil {
@@ -554,12 +575,12 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 		return true, prev, gaveUp, err
 	}
 	tm.mark("ram")
-	st, err := m.SaveCPUState()
-	if err != nil {
-		return true, prev, gaveUp, err
+	<-cpuDone
+	if cpuErr != nil {
+		return true, prev, gaveUp, cpuErr
 	}
-	st.RunState = prev
-	if err := p.host.fill(st); err != nil {
+	cpu.RunState = prev
+	if err := p.host.fill(cpu); err != nil {
 		return true, prev, gaveUp, err
 	}
 	tm.mark("cpu")
