@@ -143,92 +143,160 @@ func (m *Machine) clearDirty(slot uint32, pages uint64, bm []uint64) error {
 	return nil
 }
 
-// throttle slows the vCPUs down for auto-converge: every slice of run time
-// a vCPU owes a sleep of pct/(100-pct) slices, as QEMU's cpu-throttle does.
+// throttle slows the vCPUs down for auto-converge, as QEMU's cpu-throttle
+// does: at pct percent a vCPU runs a slice of throttleSlice, then sleeps
+// pct/(100-pct) times what it actually ran, so it runs (100-pct)% of the
+// time.
+//
+// Each vCPU keeps its own account (vcpuThrottle). Its run time is measured
+// on the VM clock (which stands still while the machine is paused) from the
+// end of its last sleep, so kick latency, timer slack and exits handled in
+// between change only how long a slice is, not the run fraction; and a
+// sleep that overshoots (or ends early) is carried into the next one. A
+// per-vCPU timer marks the slice over and kicks the vCPU out of KVM_RUN; the
+// vCPU sleeps on its own thread before re-entering KVM_RUN (throttleWait),
+// waking early when the machine pauses or stops, or throttling ends.
 type throttle struct {
 	pct   atomic.Int32
-	owed  atomic.Uint64 // generation of the last tick; vCPUs sleep once per tick
-	mu    sync.Mutex
-	stop  chan struct{}
-	ticks sync.WaitGroup
+	epoch atomic.Uint64 // bumped when throttling turns on or off
+	mu    sync.Mutex    // serializes SetThrottle
+	// startVM is the VM time throttling last turned on; the first slice of
+	// every vCPU counts from it. Written before epoch is bumped.
+	startVM atomic.Int64
+	vcpus   atomic.Pointer[[]vcpuThrottle] // one per vCPU, by index; set once
 }
 
-// throttleSlice is the run time between two forced sleeps.
-const throttleSlice = 10 * time.Millisecond
+// vcpuThrottle is one vCPU's throttle account. owed and timer are shared
+// with the timer's callback; the rest belongs to the vCPU's thread.
+type vcpuThrottle struct {
+	owed     atomic.Bool // the slice is over: sleep before the next KVM_RUN
+	timer    *time.Timer // kicks the vCPU when its slice is over
+	runStart int64       // VM time the current slice began
+	debt     time.Duration
+}
+
+const (
+	// throttleSlice is the run time between two forced sleeps (QEMU's
+	// CPU_THROTTLE_TIMESLICE_NS).
+	throttleSlice = 10 * time.Millisecond
+	// throttleMaxRun caps the run time one sleep pays for, so that a jump
+	// of the VM clock (an incoming machine's clock is set) cannot put a
+	// vCPU to sleep for long.
+	throttleMaxRun = 4 * throttleSlice
+)
 
 // SetThrottle makes the vCPUs sleep pct percent of the time (0 turns
-// throttling off; at most 99).
+// throttling off; at most 99). Changing a non-zero percentage applies from
+// each vCPU's next sleep; turning throttling off wakes sleeping vCPUs.
 func (m *Machine) SetThrottle(pct int) {
 	pct = max(0, min(pct, 99))
 	t := &m.throttle
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.pct.Store(int32(pct))
-	if pct == 0 {
-		if t.stop != nil {
-			close(t.stop)
-			t.stop = nil
-			t.mu.Unlock()
-			t.ticks.Wait()
-			t.mu.Lock()
+	was := t.pct.Load()
+	if t.vcpus.Load() == nil && pct > 0 {
+		vs := make([]vcpuThrottle, len(m.vcpus))
+		for i := range vs {
+			vt, v := &vs[i], m.vcpus[i]
+			vt.timer = time.AfterFunc(time.Hour, func() {
+				vt.owed.Store(true)
+				v.cpu.Kick() // an error means the vCPU is closed: nothing to kick
+			})
+			vt.timer.Stop()
 		}
-		return
+		t.vcpus.Store(&vs)
 	}
-	if t.stop != nil {
-		return
-	}
-	stop := make(chan struct{})
-	t.stop = stop
-	t.ticks.Add(1)
-	go func() {
-		defer t.ticks.Done()
-		for {
-			// A tick every slice/(1-pct): the vCPU runs one slice and
-			// sleeps the rest.
-			pct := time.Duration(t.pct.Load())
-			if pct <= 0 {
-				pct = 1
-			}
-			tm := time.NewTimer(throttleSlice * 100 / (100 - pct))
-			select {
-			case <-stop:
-				tm.Stop()
-				return
-			case <-tm.C:
-				t.owed.Add(1)
-				for _, v := range m.vcpus {
-					v.cpu.Kick()
-				}
-			}
+	switch {
+	case was == 0 && pct > 0:
+		t.startVM.Store(m.Clock.Now())
+		t.epoch.Add(1)
+		t.pct.Store(int32(pct))
+		for i := range *t.vcpus.Load() {
+			vt := &(*t.vcpus.Load())[i]
+			vt.owed.Store(false)
+			vt.timer.Reset(throttleSlice)
 		}
-	}()
+	case was > 0 && pct == 0:
+		t.pct.Store(0)
+		t.epoch.Add(1)
+		for i := range *t.vcpus.Load() {
+			(*t.vcpus.Load())[i].timer.Stop()
+		}
+		// Wake the vCPUs sleeping in throttleWait.
+		m.pause.mu.Lock()
+		m.pause.cond.Broadcast()
+		m.pause.mu.Unlock()
+	default:
+		t.pct.Store(int32(pct))
+	}
 }
 
 // Throttle returns the current throttle percentage.
 func (m *Machine) Throttle() int { return int(m.throttle.pct.Load()) }
 
-// throttleWait runs on a vCPU's thread before KVM_RUN: when a tick is owed
-// it sleeps its share, waking early if the machine pauses or throttling
-// stops.
+// throttleWait runs on a vCPU's thread before KVM_RUN: when the vCPU's
+// slice is over it sleeps its share of the time it ran, waking early if the
+// machine pauses or stops or throttling ends.
 func (m *Machine) throttleWait(v *vcpu) {
 	t := &m.throttle
-	gen := t.owed.Load()
-	if gen == v.throttleGen {
-		return
-	}
-	v.throttleGen = gen
 	pct := time.Duration(t.pct.Load())
 	if pct <= 0 {
 		return
 	}
-	sleep := throttleSlice * pct / (100 - pct)
-	deadline := time.Now().Add(sleep)
-	for time.Now().Before(deadline) {
-		if m.pause.isPaused() || t.pct.Load() == 0 {
-			return
-		}
-		time.Sleep(min(time.Millisecond, time.Until(deadline)))
+	vs := t.vcpus.Load()
+	if vs == nil || v.id >= len(*vs) {
+		return
 	}
+	vt := &(*vs)[v.id]
+	if epoch := t.epoch.Load(); v.throttleGen != epoch {
+		// Throttling (re)started: this vCPU's first slice began then.
+		v.throttleGen = epoch
+		vt.runStart = t.startVM.Load()
+		vt.debt = 0
+	}
+	if !vt.owed.Load() {
+		return
+	}
+	vt.owed.Store(false)
+	ran := min(max(time.Duration(m.Clock.Now()-vt.runStart), 0), throttleMaxRun)
+	vt.debt += ran * pct / (100 - pct)
+	if vt.debt > 0 {
+		slept, whole := m.throttleSleep(vt.debt, v.throttleGen)
+		if whole {
+			// Carry the overshoot (or shortfall) into the next sleep,
+			// within a slice's worth.
+			vt.debt = max(vt.debt-slept, -throttleSlice)
+		} else {
+			vt.debt = 0 // paused, stopped or throttling ended
+		}
+	}
+	vt.runStart = m.Clock.Now()
+	if t.pct.Load() > 0 && t.epoch.Load() == v.throttleGen {
+		vt.timer.Reset(throttleSlice)
+	}
+}
+
+// throttleSleep sleeps d on the calling vCPU thread unless the machine
+// pauses or stops, or the throttle epoch moves on, first. It returns how
+// long it slept and whether it slept the whole time.
+func (m *Machine) throttleSleep(d time.Duration, epoch uint64) (time.Duration, bool) {
+	p := &m.pause
+	start := time.Now()
+	done := false
+	tm := time.AfterFunc(d, func() {
+		p.mu.Lock()
+		done = true
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	p.mu.Lock()
+	for !done && !p.paused && !p.terminated && m.throttle.epoch.Load() == epoch {
+		p.cond.Wait()
+	}
+	whole := done
+	p.mu.Unlock()
+	tm.Stop()
+	return time.Since(start), whole
 }
 
 // SyncDirtyRange is SyncDirty for part of one RAM block, for a migration
