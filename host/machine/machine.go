@@ -337,6 +337,7 @@ func (m *Machine) Start(startPaused bool) error {
 		go m.runVCPU(v)
 	}
 	if startPaused {
+		m.holdDevices(true)
 		return m.state.set(StatePaused, "")
 	}
 	return m.Resume()
@@ -365,11 +366,34 @@ func (m *Machine) pauseTo(to RunState) error {
 		return err
 	}
 	m.parkVCPUs()
+	m.holdDevices(true)
 	if st == StateRunning {
 		m.Clock.Pause()
 		m.state.emit(Event{Name: "STOP"})
 	}
 	return nil
+}
+
+// holdDevices stops (hold) or restarts the asynchronous work of plugin
+// devices — backend readiness and timers — with the VM, as QEMU's devices
+// stop with vm_stop: the devices of a stopped guest do not write its RAM,
+// so the RAM and the device state a migration or snapshot saves while the
+// guest is stopped agree, and a paused guest's rings do not move. Calls
+// the host makes (MMIO, PIO, pre-save) still run; backends keep what
+// arrives meanwhile and it is delivered on restart. A suspended guest's
+// devices keep running, as in QEMU.
+func (m *Machine) holdDevices(hold bool) {
+	for _, d := range m.devices {
+		pd, ok := d.(*PluginDevice)
+		if !ok || pd.Instance == nil {
+			continue
+		}
+		if hold {
+			pd.HoldEvents()
+		} else {
+			pd.ReleaseEvents()
+		}
+	}
 }
 
 // parkVCPUs asks every vCPU to park and waits until each has.
@@ -408,6 +432,7 @@ func (m *Machine) Resume() error {
 		return err
 	}
 	m.Clock.Resume()
+	m.holdDevices(false)
 	m.pause.set(false)
 	m.state.emit(Event{Name: "RESUME"})
 	return nil

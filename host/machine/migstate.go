@@ -16,6 +16,7 @@ func (m *Machine) StopFor(state RunState) (prev RunState, err error) {
 	m.pause.settle = true
 	m.pause.mu.Unlock()
 	m.parkVCPUs()
+	m.holdDevices(true)
 	if prev == StateRunning {
 		m.Clock.Pause()
 		m.state.emit(Event{Name: "STOP"})
@@ -34,10 +35,15 @@ func (m *Machine) EnterRunState(to RunState) error {
 			return err
 		}
 		m.Clock.Resume()
+		m.holdDevices(false)
 		m.pause.set(false)
 		m.state.emit(Event{Name: "RESUME"})
 		return nil
-	case StatePaused, StatePostMigrate, StateSuspended, StateInMigrate:
+	case StatePaused, StatePostMigrate, StateInMigrate:
+		m.holdDevices(true)
+		return m.state.set(to, "")
+	case StateSuspended:
+		m.holdDevices(false) // a suspended guest's devices run, as in QEMU
 		return m.state.set(to, "")
 	}
 	return fmt.Errorf("cannot enter run state %s", to)
@@ -50,6 +56,7 @@ func (m *Machine) StartIncoming() error {
 		return err
 	}
 	m.pause.set(true)
+	m.holdDevices(true) // they act once their state is loaded and the guest runs
 	m.started = true
 	for _, v := range m.vcpus {
 		m.wg.Add(1)

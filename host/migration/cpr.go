@@ -122,7 +122,6 @@ type cprSource struct {
 	// kept are the disks whose descriptor travels (their lock with it);
 	// gaveUp the ones inactivated for a normal hand-over.
 	kept, gaveUp []ownedDisk
-	held         bool
 	stopAt       time.Time
 	streamBytes  int64
 }
@@ -155,9 +154,6 @@ func (g *Migrator) runCPR(ctx context.Context, main, cprCh Channel) {
 		g.finishDone()
 		g.notify(abi.MigrationFailed, mode)
 		return
-	}
-	if p.held {
-		p.releaseEvents()
 	}
 	if stopped {
 		if rerr := p.m.EnterRunState(prev); rerr != nil {
@@ -273,9 +269,9 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 	if err != nil {
 		return false, "", fmt.Errorf("stop the guest: %w", err)
 	}
+	// StopFor also held the devices: from here the source's devices do not
+	// write the shared RAM.
 	stoppedAt := time.Now()
-	p.holdEvents()
-	heldAt := time.Now()
 	if g.capabilities().PauseBeforeSwitchover {
 		g.setStatus(StatusPreSwitchover)
 		if err := g.waitContinue(p.ctx); err != nil {
@@ -333,7 +329,7 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 		return true, prev, fmt.Errorf("the destination failed to load: %s", v.Error)
 	}
 	tm.mark("destination")
-	g.log.Info("cpr-transfer switchover", "stream_bytes", p.streamBytes, "stop", stoppedAt.Sub(p.stopAt), "hold", heldAt.Sub(stoppedAt), "phases", tm.String())
+	g.log.Info("cpr-transfer switchover", "stream_bytes", p.streamBytes, "stop", stoppedAt.Sub(p.stopAt), "phases", tm.String())
 	return true, prev, nil
 }
 
@@ -366,30 +362,11 @@ func (p *cprSource) cancelled(err error) error {
 	return err
 }
 
-// holdEvents stops backend and timer calls into every plugin device: from
-// here the source's devices must not write the shared RAM.
-func (p *cprSource) holdEvents() {
-	for _, d := range p.m.Devices() {
-		if inst := instanceOf(d); inst != nil {
-			inst.HoldEvents()
-		}
-	}
-	p.held = true
-}
-
-func (p *cprSource) releaseEvents() {
-	for _, d := range p.m.Devices() {
-		if inst := instanceOf(d); inst != nil {
-			inst.ReleaseEvents()
-		}
-	}
-	p.held = false
-}
-
 // releaseDescriptors closes the source's copies of the descriptors the
 // destination now holds: preserved backends (tap, disk images). A disk's
 // lock belongs to the open file description, which the destination holds,
-// so it never has no owner. The devices stay held: this source must not
+// so it never has no owner. The devices stay held (the machine holds them
+// while it is stopped): this source must not
 // touch the guest again.
 func (p *cprSource) releaseDescriptors() {
 	closeIt := func(device, name string, b any) {

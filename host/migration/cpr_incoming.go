@@ -180,17 +180,12 @@ func (in *CPRIncoming) Close() { in.Hangup() }
 // the background. The machine must be in inmigrate, built over in's RAM
 // and descriptors.
 func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRIncoming) (<-chan error, error) {
-	m := g.cfg.Machine
 	ln, err := g.listenIncoming(ch, "incoming cpr-transfer")
 	if err != nil {
 		return nil, err
 	}
-	// The devices exist but must not act before their state arrives.
-	for _, d := range m.Devices() {
-		if inst := instanceOf(d); inst != nil {
-			inst.HoldEvents()
-		}
-	}
+	// The devices exist but must not act before their state arrives: the
+	// machine holds them while it is in inmigrate (StartIncoming).
 	g.mu.Lock()
 	g.started, g.finished, g.errDesc = time.Now(), time.Time{}, ""
 	g.ram = RAMInfo{}
@@ -294,12 +289,7 @@ func (g *Migrator) loadCPR(conn net.Conn) error {
 		return err
 	}
 	tm.mark("reply")
-	for _, d := range m.Devices() {
-		if inst := instanceOf(d); inst != nil {
-			inst.ReleaseEvents()
-		}
-	}
-	err = g.enterLoadedState(st.RunState)
+	err = g.enterLoadedState(st.RunState) // releases the devices if the guest runs
 	tm.mark("resume")
 	g.log.Info("incoming cpr-transfer switchover", "stream_bytes", res.Bytes, "load", loadTime, "phases", tm.String())
 	return err
