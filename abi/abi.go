@@ -2,15 +2,18 @@
 //
 // It names the host import module and its functions, the plugin exports, the
 // status codes, and the binary encodings of device descriptions (properties)
-// and vmstate schemas. It has no dependencies so that both the host and the
-// plugin SDK (built for GOOS=wasip1) import it. The normative text is
+// and vmstate schemas. It has no dependencies outside the standard library
+// and this module's small formatter (internal/tinyfmt, which keeps fmt and
+// os out of every plugin's WebAssembly module), so that both the host and
+// the plugin SDK (built for GOOS=wasip1) import it. The normative text is
 // abi/README.md; this package is its machine-readable form.
 package abi
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
+
+	"wasmvmm/internal/tinyfmt"
 )
 
 // Version of the ABI described by this package. Adding a host function or an
@@ -33,7 +36,7 @@ const MarkerPrefix = "wasmvmm_abi_"
 
 // MarkerName returns the marker export name for a version.
 func MarkerName(major, minor int) string {
-	return fmt.Sprintf("%s%d_%d", MarkerPrefix, major, minor)
+	return tinyfmt.Sprintf("%s%d_%d", MarkerPrefix, major, minor)
 }
 
 // ParseMarker parses a marker export name into its version. ok is false if
@@ -91,7 +94,7 @@ func (s Status) String() string {
 	if n, ok := statusNames[s]; ok {
 		return n
 	}
-	return fmt.Sprintf("status %d", int32(s))
+	return tinyfmt.Sprintf("status %d", int32(s))
 }
 
 // Error makes a non-OK Status usable as an error.

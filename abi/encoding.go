@@ -3,7 +3,8 @@ package abi
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
+
+	"wasmvmm/internal/tinyfmt"
 )
 
 // PropType is the type of a device property.
@@ -28,7 +29,7 @@ func (t PropType) String() string {
 	if n, ok := propTypeNames[t]; ok {
 		return n
 	}
-	return fmt.Sprintf("proptype(%d)", uint8(t))
+	return tinyfmt.Sprintf("proptype(%d)", uint8(t))
 }
 
 // MaxInt returns the largest value an integer property of this type holds
@@ -95,7 +96,7 @@ func (t FieldType) String() string {
 	if n, ok := fieldTypeNames[t]; ok {
 		return n
 	}
-	return fmt.Sprintf("fieldtype(%d)", uint8(t))
+	return tinyfmt.Sprintf("fieldtype(%d)", uint8(t))
 }
 
 // ScalarSize returns the fixed size of a scalar type, or 0 for buffers and
@@ -210,7 +211,7 @@ func (r *reader) need(n int) bool {
 		return false
 	}
 	if n < 0 || len(r.b)-r.off < n {
-		r.err = fmt.Errorf("at offset %d: %w", r.off, errTruncated)
+		r.err = tinyfmt.Errorf("at offset %d: %w", r.off, errTruncated)
 		return false
 	}
 	return true
@@ -249,7 +250,7 @@ func (r *reader) str(limit int) string {
 		return ""
 	}
 	if int64(n) > int64(limit) {
-		r.err = fmt.Errorf("at offset %d: string of %d bytes exceeds limit %d", r.off, n, limit)
+		r.err = tinyfmt.Errorf("at offset %d: string of %d bytes exceeds limit %d", r.off, n, limit)
 		return ""
 	}
 	if !r.need(int(n)) {
@@ -263,7 +264,7 @@ func (r *reader) str(limit int) string {
 func (r *reader) count(limit int, what string) int {
 	n := r.u32()
 	if r.err == nil && int64(n) > int64(limit) {
-		r.err = fmt.Errorf("at offset %d: %d %s exceed limit %d", r.off, n, what, limit)
+		r.err = tinyfmt.Errorf("at offset %d: %d %s exceed limit %d", r.off, n, what, limit)
 	}
 	if r.err != nil {
 		return 0
@@ -292,7 +293,7 @@ func MarshalDeviceInfo(d *DeviceInfo) []byte {
 func UnmarshalDeviceInfo(b []byte) (*DeviceInfo, error) {
 	r := &reader{b: b}
 	if tag := r.u8(); r.err == nil && tag != tagDeviceInfo {
-		return nil, fmt.Errorf("device info: bad tag 0x%02x", tag)
+		return nil, tinyfmt.Errorf("device info: bad tag 0x%02x", tag)
 	}
 	d := &DeviceInfo{Name: r.str(MaxNameLen), Version: r.str(MaxNameLen)}
 	n := r.count(MaxProperties, "properties")
@@ -303,10 +304,10 @@ func UnmarshalDeviceInfo(b []byte) (*DeviceInfo, error) {
 		})
 	}
 	if r.err != nil {
-		return nil, fmt.Errorf("device info: %w", r.err)
+		return nil, tinyfmt.Errorf("device info: %w", r.err)
 	}
 	if r.off != len(b) {
-		return nil, fmt.Errorf("device info: %d trailing bytes", len(b)-r.off)
+		return nil, tinyfmt.Errorf("device info: %d trailing bytes", len(b)-r.off)
 	}
 	if err := d.Validate(); err != nil {
 		return nil, err
@@ -317,22 +318,22 @@ func UnmarshalDeviceInfo(b []byte) (*DeviceInfo, error) {
 // Validate checks names, types and defaults.
 func (d *DeviceInfo) Validate() error {
 	if !validName(d.Name) {
-		return fmt.Errorf("device info: invalid device name %q", d.Name)
+		return tinyfmt.Errorf("device info: invalid device name %q", d.Name)
 	}
 	seen := map[string]bool{}
 	for _, p := range d.Properties {
 		if !validName(p.Name) {
-			return fmt.Errorf("device %s: invalid property name %q", d.Name, p.Name)
+			return tinyfmt.Errorf("device %s: invalid property name %q", d.Name, p.Name)
 		}
 		if seen[p.Name] {
-			return fmt.Errorf("device %s: property %q declared twice", d.Name, p.Name)
+			return tinyfmt.Errorf("device %s: property %q declared twice", d.Name, p.Name)
 		}
 		seen[p.Name] = true
 		if _, ok := propTypeNames[p.Type]; !ok {
-			return fmt.Errorf("device %s: property %q has unknown type %d", d.Name, p.Name, p.Type)
+			return tinyfmt.Errorf("device %s: property %q has unknown type %d", d.Name, p.Name, p.Type)
 		}
 		if p.Type != PropString && p.DefaultInt > p.Type.MaxInt() {
-			return fmt.Errorf("device %s: property %q default %d does not fit %s", d.Name, p.Name, p.DefaultInt, p.Type)
+			return tinyfmt.Errorf("device %s: property %q default %d does not fit %s", d.Name, p.Name, p.DefaultInt, p.Type)
 		}
 	}
 	return nil
@@ -386,22 +387,22 @@ func writeSection(w *writer, s *Section) {
 func UnmarshalSection(b []byte) (*Section, error) {
 	r := &reader{b: b}
 	if tag := r.u8(); r.err == nil && tag != tagSection {
-		return nil, fmt.Errorf("vmstate: bad tag 0x%02x", tag)
+		return nil, tinyfmt.Errorf("vmstate: bad tag 0x%02x", tag)
 	}
 	budget := MaxFields
 	s := readSection(r, 0, &budget)
 	if r.err != nil {
-		return nil, fmt.Errorf("vmstate: %w", r.err)
+		return nil, tinyfmt.Errorf("vmstate: %w", r.err)
 	}
 	if r.off != len(b) {
-		return nil, fmt.Errorf("vmstate: %d trailing bytes", len(b)-r.off)
+		return nil, tinyfmt.Errorf("vmstate: %d trailing bytes", len(b)-r.off)
 	}
 	return s, nil
 }
 
 func readSection(r *reader, depth int, budget *int) *Section {
 	if depth > MaxDepth {
-		r.err = fmt.Errorf("at offset %d: nesting deeper than %d", r.off, MaxDepth)
+		r.err = tinyfmt.Errorf("at offset %d: nesting deeper than %d", r.off, MaxDepth)
 		return nil
 	}
 	s := &Section{
@@ -438,10 +439,10 @@ func (s *Section) Validate(memSize uint64) error {
 
 func (s *Section) validate(memSize uint64, top bool) error {
 	if s.Name == "" || len(s.Name) > MaxNameLen {
-		return fmt.Errorf("vmstate: invalid section name %q", s.Name)
+		return tinyfmt.Errorf("vmstate: invalid section name %q", s.Name)
 	}
 	if top && s.MinimumVersionID > s.VersionID {
-		return fmt.Errorf("vmstate %s: minimum version %d above version %d", s.Name, s.MinimumVersionID, s.VersionID)
+		return tinyfmt.Errorf("vmstate %s: minimum version %d above version %d", s.Name, s.MinimumVersionID, s.VersionID)
 	}
 	type span struct {
 		lo, hi uint64
@@ -451,49 +452,49 @@ func (s *Section) validate(memSize uint64, top bool) error {
 	names := map[string]bool{}
 	for _, f := range s.Fields {
 		if !validName(f.Name) {
-			return fmt.Errorf("vmstate %s: invalid field name %q", s.Name, f.Name)
+			return tinyfmt.Errorf("vmstate %s: invalid field name %q", s.Name, f.Name)
 		}
 		if names[f.Name] {
-			return fmt.Errorf("vmstate %s: field %q declared twice", s.Name, f.Name)
+			return tinyfmt.Errorf("vmstate %s: field %q declared twice", s.Name, f.Name)
 		}
 		names[f.Name] = true
 		if _, ok := fieldTypeNames[f.Type]; !ok {
-			return fmt.Errorf("vmstate %s.%s: unknown field type %d", s.Name, f.Name, f.Type)
+			return tinyfmt.Errorf("vmstate %s.%s: unknown field type %d", s.Name, f.Name, f.Type)
 		}
 		if f.Count == 0 {
-			return fmt.Errorf("vmstate %s.%s: count is zero", s.Name, f.Name)
+			return tinyfmt.Errorf("vmstate %s.%s: count is zero", s.Name, f.Name)
 		}
 		if sz := f.Type.ScalarSize(); sz != 0 && f.Size != sz {
-			return fmt.Errorf("vmstate %s.%s: %s has size %d, want %d", s.Name, f.Name, f.Type, f.Size, sz)
+			return tinyfmt.Errorf("vmstate %s.%s: %s has size %d, want %d", s.Name, f.Name, f.Type, f.Size, sz)
 		}
 		if f.Size == 0 {
-			return fmt.Errorf("vmstate %s.%s: size is zero", s.Name, f.Name)
+			return tinyfmt.Errorf("vmstate %s.%s: size is zero", s.Name, f.Name)
 		}
 		if top && f.VersionID > s.VersionID {
-			return fmt.Errorf("vmstate %s.%s: introduced in version %d, after section version %d", s.Name, f.Name, f.VersionID, s.VersionID)
+			return tinyfmt.Errorf("vmstate %s.%s: introduced in version %d, after section version %d", s.Name, f.Name, f.VersionID, s.VersionID)
 		}
 		if f.Exists != nil && (!validName(f.Exists.Prop) || f.Exists.Op < CondEQ || f.Exists.Op > CondLT) {
-			return fmt.Errorf("vmstate %s.%s: malformed existence condition", s.Name, f.Name)
+			return tinyfmt.Errorf("vmstate %s.%s: malformed existence condition", s.Name, f.Name)
 		}
 		if (f.Type == FieldStruct) != (f.Struct != nil) {
-			return fmt.Errorf("vmstate %s.%s: struct layout present iff type is struct", s.Name, f.Name)
+			return tinyfmt.Errorf("vmstate %s.%s: struct layout present iff type is struct", s.Name, f.Name)
 		}
 		if f.Struct != nil {
 			if err := f.Struct.validate(uint64(f.Size), false); err != nil {
-				return fmt.Errorf("vmstate %s.%s: %w", s.Name, f.Name, err)
+				return tinyfmt.Errorf("vmstate %s.%s: %w", s.Name, f.Name, err)
 			}
 			if len(f.Struct.Subsections) != 0 {
-				return fmt.Errorf("vmstate %s.%s: a nested struct cannot have subsections", s.Name, f.Name)
+				return tinyfmt.Errorf("vmstate %s.%s: a nested struct cannot have subsections", s.Name, f.Name)
 			}
 		}
 		total := uint64(f.Size) * uint64(f.Count)
 		lo, hi := uint64(f.Offset), uint64(f.Offset)+total
 		if memSize != 0 && hi > memSize {
-			return fmt.Errorf("vmstate %s.%s: bytes [%#x, %#x) outside memory of %#x bytes", s.Name, f.Name, lo, hi, memSize)
+			return tinyfmt.Errorf("vmstate %s.%s: bytes [%#x, %#x) outside memory of %#x bytes", s.Name, f.Name, lo, hi, memSize)
 		}
 		for _, o := range spans {
 			if lo < o.hi && o.lo < hi {
-				return fmt.Errorf("vmstate %s: field %q [%#x, %#x) overlaps field %q [%#x, %#x)", s.Name, f.Name, lo, hi, o.name, o.lo, o.hi)
+				return tinyfmt.Errorf("vmstate %s: field %q [%#x, %#x) overlaps field %q [%#x, %#x)", s.Name, f.Name, lo, hi, o.name, o.lo, o.hi)
 			}
 		}
 		spans = append(spans, span{lo, hi, f.Name})
@@ -502,7 +503,7 @@ func (s *Section) validate(memSize uint64, top bool) error {
 	for i := range s.Subsections {
 		sub := &s.Subsections[i]
 		if subs[sub.Name] {
-			return fmt.Errorf("vmstate %s: subsection %q declared twice", s.Name, sub.Name)
+			return tinyfmt.Errorf("vmstate %s: subsection %q declared twice", s.Name, sub.Name)
 		}
 		subs[sub.Name] = true
 		if err := sub.validate(memSize, true); err != nil {

@@ -2,7 +2,7 @@ package sdk
 
 import (
 	"wasmvmm/abi"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // Backend is a host backend the VM configuration attached to this device:

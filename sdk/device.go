@@ -4,7 +4,7 @@ import (
 	"reflect"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // Device is the part every device implements. A plugin registers one

@@ -6,7 +6,7 @@ import (
 	"reflect"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 func statusOf(err error) abi.Status {

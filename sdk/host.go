@@ -4,7 +4,7 @@ import (
 	"unsafe"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // boxed holds every known status as a ready-made error value, so turning a

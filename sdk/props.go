@@ -2,7 +2,7 @@ package sdk
 
 import (
 	"wasmvmm/abi"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // property is a declared device property.

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // Option configures a vmstate section or subsection.

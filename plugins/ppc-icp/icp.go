@@ -48,7 +48,7 @@ package main
 
 import (
 	"wasmvmm/sdk"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 func main() {}

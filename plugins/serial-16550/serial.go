@@ -15,7 +15,7 @@ import (
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 func main() {}

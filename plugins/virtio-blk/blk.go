@@ -26,7 +26,7 @@ import (
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 

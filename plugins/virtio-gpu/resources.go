@@ -6,7 +6,7 @@ import (
 	"unsafe"
 
 	"wasmvmm/sdk"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // memEntry and sdk.SGEntry must have the same layout: the backing pool is

@@ -6,7 +6,7 @@ import (
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // Errors of a malformed descriptor chain. Each is wrapped in a *ChainError

@@ -3,7 +3,7 @@ package virtio
 import (
 	"errors"
 
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 )
 
 // Queue is one split virtqueue of a transport. Its state lives in the

@@ -6,7 +6,7 @@ import (
 
 	"wasmvmm/abi"
 	"wasmvmm/sdk"
-	"wasmvmm/sdk/tinyfmt"
+	"wasmvmm/internal/tinyfmt"
 	"wasmvmm/sdk/virtio"
 )
 
