@@ -47,8 +47,8 @@
 package main
 
 import (
-	"wasmvmm/sdk"
 	"wasmvmm/internal/tinyfmt"
+	"wasmvmm/sdk"
 )
 
 func main() {}

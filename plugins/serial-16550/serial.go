@@ -14,8 +14,8 @@ import (
 	"errors"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk"
 	"wasmvmm/internal/tinyfmt"
+	"wasmvmm/sdk"
 )
 
 func main() {}

@@ -5,8 +5,8 @@ import (
 	"sort"
 	"unsafe"
 
-	"wasmvmm/sdk"
 	"wasmvmm/internal/tinyfmt"
+	"wasmvmm/sdk"
 )
 
 // memEntry and sdk.SGEntry must have the same layout: the backing pool is

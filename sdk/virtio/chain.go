@@ -5,8 +5,8 @@ import (
 	"errors"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk"
 	"wasmvmm/internal/tinyfmt"
+	"wasmvmm/sdk"
 )
 
 // Errors of a malformed descriptor chain. Each is wrapped in a *ChainError

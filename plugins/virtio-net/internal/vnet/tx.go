@@ -5,8 +5,8 @@ import (
 	"errors"
 
 	"wasmvmm/abi"
-	"wasmvmm/sdk"
 	"wasmvmm/internal/tinyfmt"
+	"wasmvmm/sdk"
 	"wasmvmm/sdk/virtio"
 )
 
