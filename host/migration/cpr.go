@@ -137,6 +137,7 @@ func (g *Migrator) runCPR(ctx context.Context, main, cprCh Channel) {
 		g.mu.Lock()
 		g.downtime = time.Since(p.stopAt)
 		g.ram = RAMInfo{Total: int64(p.m.Memory().Size())}
+		g.handedOver = true
 		g.mu.Unlock()
 		if rerr := p.m.EnterRunState(machine.StatePostMigrate); rerr != nil {
 			g.log.Warn("postmigrate", "error", rerr)

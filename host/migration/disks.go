@@ -83,6 +83,9 @@ func (g *Migrator) ResumeAfterMigration() error {
 	if g.Status().Running() {
 		return errors.New("a migration is running")
 	}
+	if g.HandedOver() {
+		return errHandedOver
+	}
 	var inactive []ownedDisk
 	for _, d := range disks(m) {
 		if !d.Active() {

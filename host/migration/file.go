@@ -31,6 +31,9 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 // StartChannels begins an outgoing migration over the given channels (one
 // main channel; a cpr channel for mode cpr-transfer).
 func (g *Migrator) StartChannels(chs []Channel) error {
+	if g.HandedOver() {
+		return errHandedOver
+	}
 	if g.Parameters().Mode == ModeCPRTransfer {
 		return g.startCPR(chs) // cpr.go
 	}
@@ -58,6 +61,9 @@ func (g *Migrator) StartChannels(chs []Channel) error {
 // before the guest is touched (blockers, a busy migrator, a bad channel) are
 // returned; later ones land in query-migrate and the MIGRATION event.
 func (g *Migrator) Start(ch Channel) error {
+	if g.HandedOver() {
+		return errHandedOver
+	}
 	mode := g.Parameters().Mode
 	if mode == ModeCPRTransfer {
 		return g.startCPR([]Channel{ch}) // cpr.go

@@ -110,6 +110,20 @@ type Migrator struct {
 	throttlePct      int64         // auto-converge's current vCPU throttle
 	continueCh       chan struct{} // pre-switchover: migrate-continue
 	ramWritten       bool          // incoming: a load has written this machine's RAM
+	handedOver       bool          // a cpr-transfer completed: another process runs the guest
+}
+
+// errHandedOver refuses what would touch a guest this process handed over.
+var errHandedOver = errors.New("the guest was handed over by cpr-transfer and runs in the new process, which shares its RAM and devices; this process must not run, reset or migrate it again: quit it")
+
+// HandedOver reports whether a cpr-transfer from this process completed:
+// the guest now runs in the destination process over the same RAM, so
+// this one must not resume, reset or migrate it (QEMU leaves that to the
+// user; a resumed source would corrupt the running guest).
+func (g *Migrator) HandedOver() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.handedOver
 }
 
 // New returns an idle Migrator with QEMU's default parameters.
@@ -240,6 +254,10 @@ func (g *Migrator) notify(ev abi.MigrationEvent, mode Mode) error {
 // begin claims the migrator for a new outgoing migration.
 func (g *Migrator) begin(mode Mode) (context.Context, error) {
 	g.mu.Lock()
+	if g.handedOver {
+		g.mu.Unlock()
+		return nil, errHandedOver
+	}
 	if g.status.Running() {
 		st := g.status
 		g.mu.Unlock()

@@ -84,6 +84,9 @@ func (mon *Monitor) stop(ctx context.Context) (any, error) {
 }
 
 func (mon *Monitor) cont(ctx context.Context) (any, error) {
+	if mon.mig != nil && mon.mig.G.HandedOver() {
+		return nil, qmp.Errorf(qmp.ClassGenericError, "cannot resume: the guest was handed over by cpr-transfer to the new process; quit this one")
+	}
 	st, _ := mon.m.State()
 	switch st {
 	case machine.StateInMigrate:
@@ -109,6 +112,9 @@ func (mon *Monitor) cont(ctx context.Context) (any, error) {
 }
 
 func (mon *Monitor) reset(ctx context.Context) (any, error) {
+	if mon.mig != nil && mon.mig.G.HandedOver() {
+		return nil, qmp.Errorf(qmp.ClassGenericError, "cannot reset: the guest was handed over by cpr-transfer to the new process; quit this one")
+	}
 	if err := mon.m.Reset(); err != nil {
 		return nil, err
 	}

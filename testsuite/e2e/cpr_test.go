@@ -329,6 +329,18 @@ func TestCPRTransferToANewProcess(t *testing.T) {
 	if st := status(t, s.mon); st != "postmigrate" {
 		t.Fatalf("source %s after cpr-transfer, want postmigrate", st)
 	}
+	// The source must not touch the guest again: cont (also after a
+	// stop), system_reset and another migrate are refused.
+	for _, cmd := range []string{`{"execute":"cont"}`, `{"execute":"stop"}`, `{"execute":"cont"}`, `{"execute":"system_reset"}`,
+		`{"execute":"migrate","arguments":{"uri":"file:` + filepath.Join(s.dir, "again.bin") + `"}}`} {
+		out, err := s.mon.Run([]byte(cmd))
+		if cmd == `{"execute":"stop"}` {
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error()+string(out), "handed over") {
+			t.Fatalf("%s on the handed-over source: %v %s", cmd, err, out)
+		}
+	}
 	srcPID, dstPID := s.src.Cmd.Process.Pid, dst.Cmd.Process.Pid
 	for _, blk := range []string{"/memfd:wasmvmm:ram-low"} {
 		a, b := inodeOf(t, fdTarget(t, srcPID, blk)), inodeOf(t, fdTarget(t, dstPID, blk))
