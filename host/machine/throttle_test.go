@@ -3,6 +3,7 @@ package machine
 import (
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -50,10 +51,11 @@ func throttledRate(m *Machine, sink *thrSink, pct int) float64 {
 	return float64(b-a) / (time.Duration(k) * cycle).Seconds()
 }
 
-// throttleRun is one measurement: the run fraction achieved at each
-// percentage, against the fastest free rate measured between them (a busy
-// host slows some free windows; the fastest is the closest to what the
-// throttled slices, which run alone on a CPU, can do).
+// throttleRun is one measurement: the passes per second free (before,
+// between and after the throttled windows) and throttled at each
+// percentage. The run fraction compares a throttled rate with the median
+// free rate: a busy host slows some free windows, and now and then one runs
+// alone on a CPU.
 type throttleRun struct {
 	free      []float64 // passes/s, before, between and after
 	throttled []float64 // passes/s, one per percentage
@@ -69,27 +71,36 @@ func measureThrottle(m *Machine, sink *thrSink, pcts []int) throttleRun {
 	return r
 }
 
-func (r throttleRun) maxFree() float64 {
-	free := 0.0
-	for _, f := range r.free {
-		free = max(free, f)
+func (r throttleRun) medianFree() float64 {
+	f := slices.Clone(r.free)
+	slices.Sort(f)
+	if n := len(f); n%2 == 0 {
+		return (f[n/2-1] + f[n/2]) / 2
 	}
-	return free
+	return f[len(f)/2]
 }
 
-func (r throttleRun) fraction(i int) float64 { return r.throttled[i] / r.maxFree() }
+func (r throttleRun) fraction(i int) float64 { return r.throttled[i] / r.medianFree() }
 
 // throttleBounds are the run fractions a throttle at pct must stay within
-// on a busy 2-CPU host: below twice the requested run fraction and half
-// way from it to 1, above a third of it.
+// on a busy 2-CPU host: above a third of the requested (100-pct)%, and from
+// 50% on below twice it and below three quarters of the way from it to 1.
+// Below 50% there is no upper bound: on a contended host a vCPU that sleeps
+// now and then gets a larger share of a CPU while it runs than one that
+// never sleeps (measured with two busy loops on the 2 CPUs: 20% left 0.55
+// to 1.05 of the free rate), so a light throttle's effect is within the
+// noise; BenchmarkThrottle reports it precisely on a quiet host.
 func throttleBounds(pct int) (lo, hi float64) {
 	want := float64(100-pct) / 100
-	return want / 3, math.Min(2*want, want+(1-want)/2)
+	if pct < 50 {
+		return want / 3, math.Inf(1)
+	}
+	return want / 3, math.Min(2*want, want+(1-want)*3/4)
 }
 
 // TestThrottleSlowsTheGuest: at 20, 50, 90 and 99 percent the flat-out
-// dirtier makes about (100-pct)% of its free progress; and turning the
-// throttle off gives it all back.
+// dirtier makes about (100-pct)% of its free progress (within
+// throttleBounds), and turning the throttle off gives it back.
 func TestThrottleSlowsTheGuest(t *testing.T) {
 	m, sink := newTestMachine(t, throttleCmdline, 64<<20)
 	if err := m.Start(false); err != nil {
@@ -106,7 +117,7 @@ func TestThrottleSlowsTheGuest(t *testing.T) {
 	}
 	pcts := []int{20, 50, 90, 99}
 	r := measureThrottle(m, sink, pcts)
-	t.Logf("free passes/s: %.0f", r.free)
+	t.Logf("free passes/s: %.0f (median %.0f)", r.free, r.medianFree())
 	for i, pct := range pcts {
 		got := r.fraction(i)
 		lo, hi := throttleBounds(pct)
@@ -117,9 +128,10 @@ func TestThrottleSlowsTheGuest(t *testing.T) {
 				pct, got, lo, hi, r.free, r.throttled[i])
 		}
 	}
-	// Off again: the last free window runs at least at half the fastest.
-	if last := r.free[len(r.free)-1]; last < r.maxFree()/2 {
-		t.Errorf("after the throttle is off the dirtier runs at %.0f passes/s against %.0f free", last, r.free)
+	// Off again: the last free window runs well above the 90% rate.
+	if last := r.free[len(r.free)-1]; last < 3*r.throttled[2] {
+		t.Errorf("after the throttle is off the dirtier runs at %.0f passes/s, at 90%% it ran %.0f",
+			last, r.throttled[2])
 	}
 }
 
