@@ -172,7 +172,7 @@ type vcpuThrottle struct {
 	owed     atomic.Bool // the slice is over: sleep before the next KVM_RUN
 	timer    *time.Timer // kicks the vCPU when its slice is over
 	runStart int64       // VM time the current slice began
-	debt     time.Duration
+	debt     time.Duration // sleep owed; negative after a sleep overshot
 }
 
 const (
