@@ -169,9 +169,9 @@ type throttle struct {
 // vcpuThrottle is one vCPU's throttle account. owed and timer are shared
 // with the timer's callback; the rest belongs to the vCPU's thread.
 type vcpuThrottle struct {
-	owed     atomic.Bool // the slice is over: sleep before the next KVM_RUN
-	timer    *time.Timer // kicks the vCPU when its slice is over
-	runStart int64       // VM time the current slice began
+	owed     atomic.Bool   // the slice is over: sleep before the next KVM_RUN
+	timer    *time.Timer   // kicks the vCPU when its slice is over
+	runStart int64         // VM time the current slice began
 	debt     time.Duration // sleep owed; negative after a sleep overshot
 }
 
