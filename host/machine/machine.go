@@ -100,7 +100,7 @@ type vcpu struct {
 	// ordering (it is set before the thread counts itself parked).
 	settled atomic.Bool
 
-	throttleGen uint64 // last throttle tick this vCPU slept for (dirty.go)
+	throttleGen uint64 // throttle epoch this vCPU last saw (dirty.go)
 }
 
 // New builds a machine: checks the host can give what the config asks,
