@@ -83,6 +83,7 @@ func miniRepo(t *testing.T) string {
 	write(t, filepath.Join(root, "go.mod"), "module wasmvmm\n\ngo 1.26\n")
 	copyTree(t, filepath.Join(real, "abi"), filepath.Join(root, "abi"))
 	copyTree(t, filepath.Join(real, "sdk"), filepath.Join(root, "sdk"))
+	copyTree(t, filepath.Join(real, "internal"), filepath.Join(root, "internal"))
 	write(t, filepath.Join(root, "plugins", "tiny", "main.go"), strings.Replace(tinyPlugin, "%q", `"tiny"`, 1))
 	write(t, filepath.Join(root, "plugins", "tiny", "v2", "main.go"), strings.Replace(tinyPlugin, "%q", `"tiny"`, 1))
 	write(t, filepath.Join(root, "plugins", "tiny", "v2", "main_test.go"), "package main\n")
