@@ -17,7 +17,7 @@ func cmdAnalyze(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	part := fs.String("d", "all", "what to print: all, state or desc")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return flagExit(err)
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: wasmvmm analyze [-d all|state|desc] FILE")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,6 +31,9 @@ func cmdCompatCheck(args []string, stdout, stderr io.Writer) int {
 	var files []string
 	for len(args) > 0 {
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
 			return compat.MaxStatus
 		}
 		args = fs.Args()
@@ -87,7 +91,11 @@ func cmdCompatMatrix(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: wasmvmm compat-matrix [--out DIR] [--machine NAME]...")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
 		return 2
 	}
 	ctx := context.Background()

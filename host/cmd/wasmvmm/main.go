@@ -16,6 +16,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -62,6 +64,16 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "wasmvmm: unknown command %q\n", cmd)
 	usage(stderr)
+	return 2
+}
+
+// flagExit is the exit status of a command whose flags failed to parse:
+// 0 when help was asked for (the flag package printed the usage), 2 for a
+// usage error.
+func flagExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	return 2
 }
 

@@ -28,7 +28,7 @@ func cmdMigrate(args []string, stdout, stderr io.Writer) int {
 	autoConverge := fs.Bool("auto-converge", false, "throttle the vCPUs if the guest dirties memory faster than the link")
 	quiet := fs.Bool("q", false, "no progress bar")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return flagExit(err)
 	}
 	if *sock == "" || fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: wasmvmm migrate --qmp SOCK [--max-bandwidth B] [--downtime-limit MS] [--auto-converge] URI")

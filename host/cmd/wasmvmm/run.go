@@ -96,7 +96,7 @@ func cmdRun(args []string, demo bool, stdin io.Reader, stdout, stderr io.Writer)
 	var positional []string
 	for len(args) > 0 {
 		if err := fs.Parse(args); err != nil {
-			return 2
+			return flagExit(err)
 		}
 		args = fs.Args()
 		if len(args) > 0 {
@@ -411,7 +411,7 @@ func cmdMachines(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	dir := fs.String("machines", "", "read machine types from this directory")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return flagExit(err)
 	}
 	c, err := loadCatalog(*dir)
 	if err != nil {
@@ -431,16 +431,26 @@ func cmdMachines(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdBuildPlugins(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("build-plugins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: wasmvmm build-plugins [OUTDIR]\n\nBuilds every plugin under plugins/ that is out of date into OUTDIR\n(default: the user cache directory) and prints name and path of each.")
+	}
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return 2
+	}
 	wd, _ := os.Getwd()
 	repo := findRepo(wd)
 	if repo == "" {
 		fmt.Fprintln(stderr, "wasmvmm: build-plugins must run inside the wasmvmm source tree")
 		return 1
 	}
-	out := ""
-	if len(args) > 0 {
-		out = args[0]
-	} else {
+	out := fs.Arg(0)
+	if out == "" {
 		var err error
 		if out, err = pluginbuild.DefaultOutDir(repo); err != nil {
 			fmt.Fprintf(stderr, "wasmvmm: %v\n", err)
