@@ -382,15 +382,19 @@ func (p *cprSource) releaseDescriptors() {
 			closeIt(pf.Device, pf.BackendName, pf.Backend)
 		}
 	}
-	// Consoles on unix sockets: their clients see the hang-up and
-	// reconnect to the socket the new process listens on (same path).
+	// Consoles on unix sockets and unix net links: their peers see the
+	// hang-up and reconnect to the socket the new process listens on (same
+	// path); a peer listener takes the new process's connection.
 	for _, d := range p.m.Devices() {
 		pd, ok := d.(*machine.PluginDevice)
 		if !ok || pd.Instance == nil {
 			continue
 		}
 		for _, ref := range pd.Instance.Backends() {
-			if ref.Kind != abi.BackendChar || !strings.HasPrefix(pd.Spec().Backends[ref.Name], "unix:") {
+			spec := pd.Spec().Backends[ref.Name]
+			console := ref.Kind == abi.BackendChar && strings.HasPrefix(spec, "unix:")
+			link := ref.Kind == abi.BackendNet && (strings.HasPrefix(spec, "unix-listen:") || strings.HasPrefix(spec, "unix-connect:"))
+			if !console && !link {
 				continue
 			}
 			if b, err := pd.Backend(ref.Kind, ref.Name); err == nil {

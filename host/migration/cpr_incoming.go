@@ -38,8 +38,9 @@ type CPRIncoming struct {
 	log   hclog.Logger
 
 	mu      sync.Mutex
-	conn    *net.UnixConn // open until the main channel listens
-	adopted []string      // descriptors handed to devices, for the log
+	conn    *net.UnixConn  // open until the main channel listens
+	adopted []string       // descriptors handed to devices, for the log
+	links   []*netdev.Unix // unix net links started once the guest is here
 }
 
 // ReceiveCPR listens on the cpr channel ch (a unix socket), accepts the
@@ -101,7 +102,7 @@ func (in *CPRIncoming) Opener(next machine.BackendOpener, opt machine.BackendOpt
 	return func(device, name, spec string, kind abi.BackendKind) (plugin.Backend, error) {
 		e, ok := in.take(device, name)
 		if !ok {
-			return next(device, name, spec, kind)
+			return in.openNew(next, device, name, spec, kind)
 		}
 		b, err := adoptBackend(e.FD, device, name, spec, kind, opt)
 		if err != nil {
@@ -113,6 +114,49 @@ func (in *CPRIncoming) Opener(next machine.BackendOpener, opt machine.BackendOpt
 		in.mu.Unlock()
 		in.log.Debug("adopted a descriptor", "device", device, "backend", name, "entry", e.Name)
 		return b, nil
+	}
+}
+
+// openNew opens a backend the source did not pass. A unix net link has no
+// lasting descriptor to pass, so the new process opens its own, started
+// only once the guest is here (startLinks): a failed transfer leaves the
+// source's link alone. Then a unix-listen end takes the socket path over
+// (the source's connected peer redials it once the source closes its end)
+// and a unix-connect end connects (the peer's listener takes the new
+// connection in place of the source's).
+func (in *CPRIncoming) openNew(next machine.BackendOpener, device, name, spec string, kind abi.BackendKind) (plugin.Backend, error) {
+	if kind == abi.BackendNet {
+		path, listen := strings.CutPrefix(spec, "unix-listen:")
+		if !listen {
+			var connect bool
+			if path, connect = strings.CutPrefix(spec, "unix-connect:"); !connect {
+				return next(device, name, spec, kind)
+			}
+		}
+		u, err := netdev.UnixLater(path, listen)
+		if err != nil {
+			return nil, err
+		}
+		in.mu.Lock()
+		in.links = append(in.links, u)
+		in.mu.Unlock()
+		return u, nil
+	}
+	return next(device, name, spec, kind)
+}
+
+// startLinks starts the unix net links once the guest's state is loaded
+// here: a listening end takes its path over from the source, a connecting
+// end connects (the peer's listener takes it in place of the source's).
+func (in *CPRIncoming) startLinks() {
+	in.mu.Lock()
+	links := in.links
+	in.links = nil
+	in.mu.Unlock()
+	for _, u := range links {
+		if err := u.Start(); err != nil {
+			in.log.Error("cpr-transfer: a unix net link of the new process cannot start; its device has no peer", "path", u.Path(), "error", err)
+		}
 	}
 }
 
@@ -204,6 +248,7 @@ func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRInc
 			g.fail(fmt.Errorf("incoming cpr-transfer on %s: %w", ch, err))
 			g.finishDone()
 		} else {
+			in.startLinks()
 			g.finish(StatusCompleted)
 		}
 		out <- err

@@ -11,8 +11,8 @@
 //	unix-connect:PATH     the connecting side, which reconnects when the peer goes
 //	discard               accepts every frame, never receives (benchmarks)
 //
-// Every backend implements host/plugin's NetBackend (SendSG, RecvSG),
-// Watchable (Ready, Watch) and FDHolder (FD), structurally: the host's
+// Every backend implements host/plugin's NetBackend (SendSG, RecvSG) and
+// Watchable (Ready, Watch), and tap also FDHolder (FD), structurally: the host's
 // plugin package need not be imported to use them. Reads and writes never
 // block: when a frame cannot move now they return an error whose
 // WouldBlock method reports true, and readiness arrives through Watch.
@@ -41,11 +41,12 @@ const VnetHdrLen = 12
 const MaxSG = abi.MaxSGEntries
 
 // Backend is what every backend of this package provides: a plugin
-// NetBackend that reports readiness, exposes its descriptor and closes.
+// NetBackend that reports readiness and closes. Tap (and Discard, with no
+// descriptor) also implement plugin.FDHolder, so cpr-transfer passes a tap
+// to the new process; a unix backend is opened anew there.
 type Backend interface {
 	plugin.NetBackend
 	plugin.Watchable
-	plugin.FDHolder
 	// VnetHdr reports whether frames carry a VnetHdrLen-byte virtio_net_hdr
 	// in front.
 	VnetHdr() bool

@@ -260,17 +260,137 @@ func TestUnixStaleSocket(t *testing.T) {
 	if _, err := ListenUnix(path); err == nil {
 		t.Fatal("second listener on a live socket")
 	}
-	// Leave a socket file nobody listens on.
-	l.ln.SetUnlinkOnClose(false)
 	l.Close()
-	if _, err := os.Stat(path); err != nil {
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("Close left the socket file: %v", err)
+	}
+	// Leave a socket file nobody listens on, as a killed process does.
+	stale, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
 		t.Fatal(err)
 	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
 	l2, err := ListenUnix(path)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	l2.Close()
+}
+
+// TestUnixTakeOver: a second process's listening end, started later, takes
+// the path over while the first still listens (cpr-transfer); a new peer
+// reaches the second,
+// the first keeps its connected peer until it closes, and its Close leaves
+// the second's socket file alone.
+func TestUnixTakeOver(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "net.sock")
+	old, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	peer, err := ConnectUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	waitFor(t, "the peer on the old listener", old.Connected)
+	takeOver := func(path string) (*Unix, error) {
+		u, err := UnixLater(path, true)
+		if err != nil {
+			return nil, err
+		}
+		if err := u.Start(); err != nil {
+			u.Close()
+			return nil, err
+		}
+		return u, nil
+	}
+	if _, err := takeOver(filepath.Join(t.TempDir(), "missing", "x.sock")); err == nil {
+		t.Fatal("a take-over in a missing directory succeeded")
+	}
+	later, err := UnixLater(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer later.Close()
+	if _, err := os.Stat(path); err != nil || later.Connected() {
+		t.Fatal("a listening end bound before Start")
+	}
+	if err := later.Start(); err != nil {
+		t.Fatal(err)
+	}
+	taken := later
+	if !old.Connected() {
+		t.Fatal("the old listener lost its peer when the path was taken over")
+	}
+	old.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the old listener's Close removed the new socket file: %v", err)
+	}
+	// The peer sees the hang-up when it next reads (as a device does on
+	// readiness) and redials: it reaches the new listener.
+	waitFor(t, "the peer on the new listener", func() bool {
+		peer.RecvSG([][]byte{make([]byte, 100)})
+		return taken.Connected()
+	})
+	frame := bytes.Repeat([]byte{0x5a}, 60)
+	waitFor(t, "a frame through the new listener", func() bool {
+		if _, err := peer.SendSG([][]byte{frame}); err != nil {
+			return false
+		}
+		buf := make([]byte, 100)
+		n, err := taken.RecvSG([][]byte{buf})
+		return err == nil && bytes.Equal(buf[:n], frame)
+	})
+	taken.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the new listener's Close left its socket file: %v", err)
+	}
+	// Something other than a socket is never taken over.
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	if _, err := takeOver(file); err == nil {
+		t.Fatal("a take-over replaced a regular file")
+	}
+}
+
+// TestUnixConnectLater: a connecting end made with UnixLater does not
+// connect (and drops frames) until Start.
+func TestUnixConnectLater(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "net.sock")
+	l, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := UnixLater(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	frame := bytes.Repeat([]byte{0x33}, 60)
+	if n, err := c.SendSG([][]byte{frame}); err != nil || n != len(frame) {
+		t.Fatalf("send before Start: %d %v (want the frame dropped)", n, err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if l.Connected() {
+		t.Fatal("connected before Start")
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection after Start", l.Connected)
+	waitFor(t, "a frame after Start", func() bool {
+		c.SendSG([][]byte{frame})
+		buf := make([]byte, 100)
+		n, err := l.RecvSG([][]byte{buf})
+		return err == nil && bytes.Equal(buf[:n], frame)
+	})
+	if _, _, d := c.Stats(); d == 0 {
+		t.Error("the frame sent before Start was not counted as dropped")
+	}
 }
 
 // TestTapInNamespace creates a tap interface in a namespace of its own,

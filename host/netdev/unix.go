@@ -27,6 +27,8 @@ type Unix struct {
 	listen bool
 	ready  *readiness
 	ln     *net.UnixListener
+	lnDev  uint64 // the listener's socket file, removed on Close only while
+	lnIno  uint64 // it is still this one (a successor may have taken the path)
 	done   chan struct{}
 	redial chan struct{} // connecting end: the connection dropped
 
@@ -43,6 +45,7 @@ type Unix struct {
 	rxIov []unix.Iovec
 
 	sent, received, dropped atomic.Uint64
+	started                 atomic.Bool // listening or connecting (Start)
 }
 
 func newUnix(path string, listen bool) *Unix {
@@ -56,12 +59,28 @@ func newUnix(path string, listen bool) *Unix {
 // ListenUnix listens on path for the peer. A stale socket file (nobody
 // listening) is replaced; a live one is an error.
 func ListenUnix(path string) (*Unix, error) {
+	u := newUnix(path, true)
+	if err := u.bind(false); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// bind listens on the backend's path and starts accepting. takeOver
+// replaces the socket file even while another process listens there: new
+// peers reach this listener while the other process keeps its own (and its
+// connected peer) until it closes, and that process's Close leaves the new
+// socket file alone. Anything at path other than a socket is an error.
+func (u *Unix) bind(takeOver bool) error {
+	path := u.path
 	addr := &net.UnixAddr{Name: path, Net: "unixpacket"}
 	ln, err := net.ListenUnix("unixpacket", addr)
 	if err != nil && errors.Is(err, unix.EADDRINUSE) {
-		if c, derr := net.DialUnix("unixpacket", nil, addr); derr == nil {
-			c.Close()
-			return nil, fmt.Errorf("net backend unix-listen:%s: another process listens there", path)
+		if !takeOver {
+			if c, derr := net.DialUnix("unixpacket", nil, addr); derr == nil {
+				c.Close()
+				return fmt.Errorf("net backend unix-listen:%s: another process listens there", path)
+			}
 		}
 		if fi, serr := os.Lstat(path); serr == nil && fi.Mode()&os.ModeSocket != 0 {
 			os.Remove(path)
@@ -69,12 +88,23 @@ func ListenUnix(path string) (*Unix, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("net backend unix-listen:%s: %w", path, err)
+		return fmt.Errorf("net backend unix-listen:%s: %w", path, err)
 	}
-	u := newUnix(path, true)
+	ln.SetUnlinkOnClose(false)
+	var st unix.Stat_t
+	if unix.Stat(path, &st) == nil {
+		u.lnDev, u.lnIno = st.Dev, st.Ino
+	}
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	}
 	u.ln = ln
+	u.mu.Unlock()
 	go u.acceptLoop()
-	return u, nil
+	return nil
 }
 
 // ConnectUnix connects to the peer listening on path, now or as soon as it
@@ -84,8 +114,35 @@ func ConnectUnix(path string) (*Unix, error) {
 		return nil, errors.New("net backend unix-connect: empty path")
 	}
 	u := newUnix(path, false)
+	u.started.Store(true)
 	go u.dialLoop()
 	return u, nil
+}
+
+// UnixLater returns a unix backend (listening end if listen, else the
+// connecting end) that neither listens nor connects until Start: frames sent
+// before are dropped as without a peer. cpr-transfer's new process opens
+// its unix links this way and starts them once the guest is its, so that a
+// failed transfer leaves the source's link alone.
+func UnixLater(path string, listen bool) (*Unix, error) {
+	if path == "" {
+		return nil, errors.New("net backend unix: empty path")
+	}
+	return newUnix(path, listen), nil
+}
+
+// Start begins listening or connecting, once; later calls do nothing. A
+// listening end takes the path over from a process still listening there
+// (see bind).
+func (u *Unix) Start() error {
+	if !u.started.CompareAndSwap(false, true) {
+		return nil
+	}
+	if u.listen {
+		return u.bind(true)
+	}
+	go u.dialLoop()
+	return nil
 }
 
 func (u *Unix) acceptLoop() {
@@ -190,16 +247,15 @@ func (u *Unix) Kind() abi.BackendKind { return abi.BackendNet }
 // VnetHdr reports false: frames are plain Ethernet frames.
 func (u *Unix) VnetHdr() bool { return false }
 
-// FD returns the connected socket's descriptor, or -1 while no peer is
-// connected.
-func (u *Unix) FD() int {
+// Connected reports whether a peer is connected. A unix backend has no
+// lasting descriptor to preserve across cpr-transfer (its connection comes
+// and goes with the peer), so it does not expose one: the new process
+// listens or connects anew (UnixLater).
+func (u *Unix) Connected() bool {
 	u.mu.RLock()
 	defer u.mu.RUnlock()
-	return u.fd
+	return u.fd >= 0
 }
-
-// Connected reports whether a peer is connected.
-func (u *Unix) Connected() bool { return u.FD() >= 0 }
 
 // WaitConnected waits until a peer is connected or ctx ends.
 func (u *Unix) WaitConnected(ctx context.Context) error {
@@ -353,6 +409,10 @@ func (u *Unix) Close() error {
 	var err error
 	if u.ln != nil {
 		err = u.ln.Close()
+		var st unix.Stat_t
+		if unix.Stat(u.path, &st) == nil && st.Dev == u.lnDev && st.Ino == u.lnIno {
+			os.Remove(u.path)
+		}
 	}
 	if u.conn != nil {
 		u.conn.Close()
