@@ -59,7 +59,7 @@ func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error
 	out := make(chan error, 1)
 	go func() {
 		defer cancel()
-		err := g.acceptAndLoad(ctx, ln, g.loadLive)
+		err := g.acceptLive(ctx, ln, ch)
 		if err != nil {
 			g.fail(fmt.Errorf("incoming migration from %s: %w", ch, err))
 			g.finishDone()
@@ -86,8 +86,52 @@ func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener, load func(net
 	return load(conn)
 }
 
-// loadLive reads one migration from conn into the machine.
-func (g *Migrator) loadLive(conn net.Conn) error {
+// acceptLive takes the source's main connection on ln and loads it. With
+// the multifd capability the listener stays open for the parallel channels
+// (not for an fd channel, which cannot be connected to again).
+func (g *Migrator) acceptLive(ctx context.Context, ln listener, ch Channel) error {
+	conn, err := ln.accept(ctx)
+	var more listener
+	if g.capabilities().Multifd && ch.Transport != "fd" {
+		more = ln
+		defer ln.close()
+	} else {
+		ln.close()
+	}
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	g.setStatus(StatusActive)
+	return g.loadLive(ctx, conn, more)
+}
+
+// checkMultifd compares the source's multifd request with this side's
+// capability; it returns the id and channel count when both have it on.
+func (g *Migrator) checkMultifd(src *multifdDesc, ln listener) ([16]byte, int, error) {
+	var id [16]byte
+	on := g.capabilities().Multifd
+	switch {
+	case src == nil && !on:
+		return id, 0, nil
+	case src == nil:
+		return id, 0, errors.New("multifd is on here and off on the source: set the multifd capability the same on both sides")
+	case !on:
+		return id, 0, errors.New("multifd is on on the source and off here: set the multifd capability the same on both sides")
+	case ln == nil:
+		return id, 0, errors.New("multifd needs a unix or tcp channel: this side listens on an fd, which cannot take the parallel channels")
+	case src.Channels < 1 || src.Channels > maxMultifdChannels:
+		return id, 0, fmt.Errorf("multifd: %d channels, want 1 to %d", src.Channels, maxMultifdChannels)
+	}
+	id, err := parseMultifdID(src.ID)
+	return id, src.Channels, err
+}
+
+// loadLive reads one migration from conn into the machine; ln is the
+// listener still open for multifd channels (nil without multifd).
+func (g *Migrator) loadLive(ctx context.Context, conn net.Conn, ln listener) error {
 	m := g.cfg.Machine
 	host, reg, err := machineRegistry(m)
 	if err != nil {
@@ -100,6 +144,9 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 	}
 	framed := string(magic) == preambleMagic
 	if !framed {
+		if g.capabilities().Multifd {
+			return errors.New("multifd is on here, but the source sent a plain QEMU stream without the pre-flight framing (x-preflight off there), which cannot carry multifd channels")
+		}
 		r = io.MultiReader(bytes.NewReader(magic), r)
 	}
 	fresh := !g.ramWritten
@@ -121,6 +168,7 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		}
 		return err
 	}
+	var mf *multifdIn
 	if framed {
 		var src machineDesc
 		if err := readMsgBody(r, &src); err != nil {
@@ -130,11 +178,29 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		if err := checkCompatible(src, here); err != nil {
 			return reply(fmt.Errorf("incompatible source: %w", err))
 		}
+		id, channels, err := g.checkMultifd(src.Multifd, ln)
+		if err != nil {
+			return reply(fmt.Errorf("incompatible source: %w", err))
+		}
 		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		// A source that reads vmdesc_optional ends the stream at EOF
 		// without the vmdesc: this side compared every schema already.
-		if err := writeMsg(conn, verdictMagic, preflightAnswer{verdict: verdict{OK: true, FreshRAM: fresh}, VMDescOptional: true}); err != nil {
+		if err := writeMsg(conn, verdictMagic, preflightAnswer{verdict: verdict{OK: true, FreshRAM: fresh}, VMDescOptional: true, Multifd: channels > 0}); err != nil {
 			return fmt.Errorf("pre-flight answer: %w", err)
+		}
+		if channels > 0 {
+			conns, err := acceptMultifd(ctx, ln, id, channels, max(g.ioTimeout(), 30*time.Second))
+			if err != nil {
+				return reply(err)
+			}
+			ln.close()
+			ir := &interruptibleReader{conn: conn, timeout: g.ioTimeout()}
+			r = ir
+			mf = startMultifdIn(conns, m.Memory().Blocks(), g.ioTimeout(), ir)
+			defer mf.stop(errors.New("the load ended"))
+			// Cancel (the main connection closes) also stops the channels.
+			stopMF := context.AfterFunc(ctx, func() { mf.fail(errCancelled) })
+			defer stopMF()
 		}
 		// While RAM streams in: the first vCPU restore in a process is
 		// slow, and the real one is inside the pause.
@@ -152,8 +218,20 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 		}
 	}
 	counter := &countingReader{r: r}
-	res, err := vmstate.Load(counter, vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg,
-		AllowMissingVMDesc: framed})
+	opts := vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg,
+		AllowMissingVMDesc: framed}
+	if mf != nil {
+		opts.MultifdFlush = mf.flush
+	}
+	res, err := vmstate.Load(counter, opts)
+	if mf != nil {
+		// A channel's failure is the cause of the main stream's.
+		if cerr := mf.error(); cerr != nil {
+			err = cerr
+		} else if err == nil {
+			err = mf.finish()
+		}
+	}
 	if err != nil {
 		return reply(err)
 	}
@@ -175,8 +253,13 @@ func (g *Migrator) loadLive(conn net.Conn) error {
 	g.mu.Lock()
 	g.ram.Transferred = res.Bytes
 	g.ram.Normal = int64(res.Pages)
-	g.ram.NormalBytes = int64(res.Pages) * vmstate.PageSize
 	g.ram.Duplicate = int64(res.ZeroPages)
+	if mf != nil {
+		g.ram.Normal += mf.pages.Load()
+		g.ram.Duplicate += mf.zeros.Load()
+		g.ram.Transferred += mf.pages.Load() * vmstate.PageSize
+	}
+	g.ram.NormalBytes = g.ram.Normal * vmstate.PageSize
 	g.ram.Total = int64(m.Memory().Size())
 	g.mu.Unlock()
 	if err := reply(nil); err != nil {

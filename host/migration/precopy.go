@@ -3,6 +3,7 @@ package migration
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -43,12 +44,10 @@ import (
 //     guest whose dirty set still shrinks keeps iterating towards a short
 //     pause (readyToSwitch).
 //
-// multifd-channels is accepted but RAM goes over one channel (not
-// implemented). Measured here (BenchmarkLiveMigration's plain copies into
-// fresh memory): two parallel unix sockets reached 1.6-2x one socket when
-// the machine was otherwise idle and 0.64x when other work shared its two
-// CPUs; the one-channel migration already reaches 0.8-0.9x one plain socket
-// when idle. Parallel channels are the next step for idle hosts.
+// With the multifd capability (off by default, as in QEMU) the pages go over
+// multifd-channels parallel connections and the main channel carries only
+// the stream's structure, a flush per pass and the device state: format and
+// ordering rules in multifd.go, measurements in docs/multifd.md.
 // Transport code (channel.go) stays apart from this loop.
 
 // chunkWords is how many bitmap words (64 pages each) one PART section
@@ -86,6 +85,13 @@ type precopy struct {
 	sent [][]uint64
 
 	preflight bool
+	// multifd is the number of parallel RAM channels (0: off); mf sends
+	// on them once the destination agreed.
+	multifd int
+	mf      *multifdOut
+	// lim paces the RAM pages (the main channel's, or the multifd
+	// channels' when those carry the pages).
+	lim *rateLimiter
 	// noVMDesc: the destination said it loads a stream without the
 	// trailing vmdesc (its pre-flight compared every schema already), and
 	// the connection can say where the stream ends (CloseWrite).
@@ -108,6 +114,14 @@ func (g *Migrator) startLive(ch Channel, mode Mode) error {
 	if mode != ModeNormal {
 		return fmt.Errorf("mode %s over %s is not supported yet", mode, ch.Transport)
 	}
+	if caps := g.capabilities(); caps.Multifd {
+		if ch.Transport == "fd" {
+			return fmt.Errorf("multifd needs a unix or tcp channel: %s cannot be connected to again for the parallel channels (turn the multifd capability off)", ch)
+		}
+		if !caps.Preflight {
+			return errors.New("multifd needs the x-preflight capability: the channels are agreed in the pre-flight exchange")
+		}
+	}
 	ctx, err := g.begin(mode)
 	if err != nil {
 		return err
@@ -119,11 +133,18 @@ func (g *Migrator) startLive(ch Channel, mode Mode) error {
 // runLive runs the whole migration and leaves the source either completed
 // (postmigrate) or exactly as it was (disks owned, run state kept).
 func (g *Migrator) runLive(ctx context.Context, ch Channel, mode Mode) {
+	caps := g.capabilities()
 	p := &precopy{g: g, m: g.cfg.Machine, ctx: ctx, mode: mode, blocks: g.cfg.Machine.Memory().Blocks(),
-		preflight: g.capabilities().Preflight}
+		preflight: caps.Preflight}
+	if caps.Multifd {
+		p.multifd = int(g.Parameters().MultifdChannels)
+	}
 	stopped, prev, gaveUp, err := p.run(ch)
 	if p.conn != nil {
 		p.conn.Close()
+	}
+	if p.mf != nil {
+		p.mf.close()
 	}
 	p.m.SetThrottle(0)
 	if derr := p.m.StopDirtyLog(); derr != nil {
@@ -184,7 +205,7 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	}
 	p.conn = conn
 	p.stopCancel = context.AfterFunc(p.ctx, func() { conn.Close() })
-	defer p.stopCancel()
+	defer func() { p.stopCancel() }() // with the multifd channels' part, once they are open
 
 	p.host, err = newHostState(len(m.VCPUs()))
 	if err != nil {
@@ -193,8 +214,14 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	if p.reg, err = buildRegistry(m, p.host); err != nil {
 		return false, "", nil, err
 	}
-	lim := &rateLimiter{rate: func() int64 { return g.Parameters().MaxBandwidth }}
-	p.sw = &streamWriter{ctx: p.ctx, conn: conn, lim: lim, timeout: g.ioTimeout}
+	p.lim = &rateLimiter{rate: func() int64 { return g.Parameters().MaxBandwidth }}
+	mainLim := p.lim
+	if p.multifd > 0 {
+		// The pages go on the multifd channels, which share p.lim; the
+		// main channel carries a few bytes per pass and the devices.
+		mainLim = &rateLimiter{rate: func() int64 { return 0 }}
+	}
+	p.sw = &streamWriter{ctx: p.ctx, conn: conn, lim: mainLim, timeout: g.ioTimeout}
 	// Dirty logging starts before the residency snapshot, so a page first
 	// touched after it is caught by the log.
 	if err := m.StartDirtyLog(); err != nil {
@@ -219,7 +246,7 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	}
 	fresh := false
 	if p.preflight {
-		if fresh, err = p.checkDestination(); err != nil {
+		if fresh, err = p.checkDestination(ch); err != nil {
 			return false, "", nil, err
 		}
 	}
@@ -270,19 +297,22 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	p.lastSync = time.Now()
 	prevRemaining := int64(pending) * vmstate.PageSize
 	for {
-		passStart, bytes0, slept0 := time.Now(), p.sw.n, p.sw.lim.slept
+		passStart, bytes0, slept0 := time.Now(), p.sentBytes(), p.slept()
 		if _, err := p.sendDirty(passStart.Add(syncPeriod)); err != nil {
+			return false, "", nil, err
+		}
+		if err := p.multifdSync(false); err != nil {
 			return false, "", nil, err
 		}
 		// The switchover is not rate limited: its speed is the period's
 		// bytes over the period's time less the limiter's waits (sender
 		// CPU and the receiver's backpressure included).
-		if b, d := p.sw.n-bytes0, time.Since(passStart)-(p.sw.lim.slept-slept0); d > time.Millisecond && b > 1<<20 {
+		if b, d := p.sentBytes()-bytes0, time.Since(passStart)-(p.slept()-slept0); d > time.Millisecond && b > 1<<20 {
 			p.bandwidth = float64(b) / d.Seconds()
 		}
 		g.mu.Lock()
 		if el := time.Since(passStart).Seconds(); el > 0 {
-			g.ram.Mbps = float64(p.sw.n-bytes0) * 8 / 1e6 / el
+			g.ram.Mbps = float64(p.sentBytes()-bytes0) * 8 / 1e6 / el
 		}
 		g.mu.Unlock()
 		sendTime := time.Since(passStart)
@@ -292,7 +322,7 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		}
 		remaining := p.pendingBytes()
 		expected := p.expectedDowntime(remaining)
-		g.log.Debug("sync", "sent", p.sw.n-bytes0, "send", sendTime, "sync", time.Since(passStart)-sendTime, "new_dirty", n, "remaining", remaining, "expected_downtime", expected, "bandwidth_MiBps", int(p.bandwidth/(1<<20)))
+		g.log.Debug("sync", "sent", p.sentBytes()-bytes0, "send", sendTime, "sync", time.Since(passStart)-sendTime, "new_dirty", n, "remaining", remaining, "expected_downtime", expected, "bandwidth_MiBps", int(p.bandwidth/(1<<20)))
 		g.mu.Lock()
 		g.ram.DirtySyncCount++
 		g.ram.Remaining = remaining
@@ -312,9 +342,41 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		if autoConverge {
 			p.autoConverge(int64(n) * vmstate.PageSize)
 		}
-		p.lastSync, p.lastSyncBytes = time.Now(), p.sw.n
+		p.lastSync, p.lastSyncBytes = time.Now(), p.sentBytes()
 	}
 	return p.switchover()
+}
+
+// sentBytes counts the bytes sent on every channel.
+func (p *precopy) sentBytes() int64 {
+	if p.mf != nil {
+		return p.sw.n + p.mf.bytes.Load()
+	}
+	return p.sw.n
+}
+
+// slept is the time the RAM pages waited for max-bandwidth.
+func (p *precopy) slept() time.Duration {
+	if p.mf != nil {
+		return p.mf.slept()
+	}
+	return p.sw.lim.slept
+}
+
+// multifdSync ends a pass on the multifd channels: every page queued went
+// out, a SYNC on every channel, then the flush on the main channel (in the
+// RAM END when final). Without multifd it does nothing.
+func (p *precopy) multifdSync(final bool) error {
+	if p.mf == nil {
+		return nil
+	}
+	if err := p.mf.sync(final); err != nil {
+		return err
+	}
+	if err := p.w.RAMFlush(final); err != nil {
+		return err
+	}
+	return p.w.Flush()
 }
 
 // readyToSwitch decides the switchover. The guest stops once the expected
@@ -345,7 +407,7 @@ func (p *precopy) expectedDowntime(remaining int64) time.Duration {
 // than half the link carries, twice in a row (QEMU's rule), raising the
 // throttle by cpu-throttle-increment each time after cpu-throttle-initial.
 func (p *precopy) autoConverge(dirtyBytes int64) {
-	sent := p.sw.n - p.lastSyncBytes
+	sent := p.sentBytes() - p.lastSyncBytes
 	if sent <= 0 || dirtyBytes*2 <= sent {
 		p.highCount = 0
 		return
@@ -416,6 +478,16 @@ func (p *precopy) sendDirty(deadline time.Time) (bool, error) {
 		skipped := 0
 		if p.sent != nil {
 			skipped = p.dropFreshZeros(i, sel[w:end], p.sent[i][w:end], w)
+		}
+		if skipped < pending && p.mf != nil {
+			err := p.mf.send(i, w, sel[w:end])
+			clear(sel[w:end])
+			if err != nil {
+				return false, err
+			}
+			// The channels count the pages they send.
+			p.account(vmstate.RAMStats{ZeroPages: uint64(skipped)}, int64(pending))
+			continue
 		}
 		if skipped < pending {
 			st, err := p.w.RAMPart(list)
@@ -499,7 +571,7 @@ func (p *precopy) account(st vmstate.RAMStats, pages int64) {
 	g.ram.Normal += int64(st.Pages)
 	g.ram.NormalBytes += int64(st.Pages) * vmstate.PageSize
 	g.ram.Duplicate += int64(st.ZeroPages)
-	g.ram.Transferred = p.sw.n
+	g.ram.Transferred = p.sentBytes()
 	g.ram.Remaining = max(0, g.ram.Remaining-pages*vmstate.PageSize)
 	if el := time.Since(g.started).Seconds(); el > 0 {
 		g.ram.PagesPerSecond = int64(float64(g.ram.Normal+g.ram.Duplicate) / el)
@@ -520,6 +592,9 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 		return false, "", nil, fmt.Errorf("stop the guest: %w", err)
 	}
 	p.sw.lim.off = true
+	if p.mf != nil {
+		p.mf.limitOff()
+	}
 	if g.capabilities().PauseBeforeSwitchover {
 		g.setStatus(StatusPreSwitchover)
 		if err := g.waitContinue(p.ctx); err != nil {
@@ -571,7 +646,11 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if _, err := p.sendDirty(time.Time{}); err != nil {
 		return true, prev, gaveUp, err
 	}
-	if _, err := p.w.RAMEnd(p.empty); err != nil {
+	if p.mf != nil {
+		if err := p.multifdSync(true); err != nil {
+			return true, prev, gaveUp, err
+		}
+	} else if _, err := p.w.RAMEnd(p.empty); err != nil {
 		return true, prev, gaveUp, err
 	}
 	tm.mark("ram")
@@ -613,20 +692,29 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	g.log.Info("switchover", "bytes", final, "stop", tm.t0.Sub(stopAt), "phases", tm.String())
 	g.mu.Lock()
 	g.downtime = time.Since(stopAt)
-	g.ram.Transferred = p.sw.n
+	g.ram.Transferred = p.sentBytes()
 	g.ram.Remaining = 0
 	if el := time.Since(g.started).Seconds(); el > 0 {
-		g.ram.Mbps = float64(p.sw.n) * 8 / 1e6 / el
+		g.ram.Mbps = float64(p.sentBytes()) * 8 / 1e6 / el
 	}
 	g.mu.Unlock()
 	return true, prev, gaveUp, nil
 }
 
 // checkDestination sends the description and waits for the pre-flight
-// verdict; it reports whether the destination's RAM is fresh.
-func (p *precopy) checkDestination() (bool, error) {
+// verdict; it reports whether the destination's RAM is fresh. With multifd
+// it then opens the parallel channels to ch.
+func (p *precopy) checkDestination(ch Channel) (bool, error) {
 	desc := describeMachine(p.g.cfg.MachineType, p.blocks, p.reg)
 	desc.Populated = pageRuns(p.dirty)
+	var id [16]byte
+	if p.multifd > 0 {
+		var err error
+		if id, err = newMultifdID(); err != nil {
+			return false, err
+		}
+		desc.Multifd = &multifdDesc{Channels: p.multifd, ID: hex.EncodeToString(id[:])}
+	}
 	if d := p.g.ioTimeout(); d > 0 {
 		p.conn.SetWriteDeadline(time.Now().Add(d))
 		p.conn.SetReadDeadline(time.Now().Add(d))
@@ -647,6 +735,23 @@ func (p *precopy) checkDestination() (bool, error) {
 	}
 	_, canClose := p.conn.(interface{ CloseWrite() error })
 	p.noVMDesc = v.VMDescOptional && canClose
+	if p.multifd > 0 {
+		if !v.Multifd {
+			return false, errors.New("the destination did not agree to multifd (this wasmvmm version does not support it): turn the multifd capability off on the source")
+		}
+		mf, err := openMultifd(p.ctx, p.g, ch, id, p.multifd, p.blocks, p.lim)
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return false, errCancelled
+			}
+			return false, err
+		}
+		p.mf = mf
+		// Cancel also closes the channels (a write blocked on a
+		// stalled destination returns).
+		stopMain, stopMF := p.stopCancel, context.AfterFunc(p.ctx, mf.closeConns)
+		p.stopCancel = func() bool { a, b := stopMain(), stopMF(); return a && b }
+	}
 	return v.FreshRAM, nil
 }
 
@@ -658,6 +763,9 @@ type preflightAnswer struct {
 	// VMDescOptional says the destination loads a stream that ends at EOF
 	// without the trailing vmdesc.
 	VMDescOptional bool `json:"vmdesc_optional,omitempty"`
+	// Multifd says the destination accepts the multifd channels the
+	// description asked for.
+	Multifd bool `json:"multifd,omitempty"`
 }
 
 // readAnswer reads the pre-flight answer.

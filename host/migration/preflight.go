@@ -48,6 +48,9 @@ type machineDesc struct {
 	// will send (first page, count): a fresh destination faults them in
 	// ahead of the stream. Absent when there are too many runs.
 	Populated [][][2]uint64 `json:"populated,omitempty"`
+	// Multifd asks for parallel RAM channels (multifd.go); absent when the
+	// source's multifd capability is off.
+	Multifd *multifdDesc `json:"multifd,omitempty"`
 }
 
 // maxRuns bounds the populated-page runs a description carries.

@@ -29,6 +29,10 @@ type LoadOptions struct {
 	// QEMU does when the vmdesc is suppressed. Our writer always sends one,
 	// so by default its absence is a truncation.
 	AllowMissingVMDesc bool
+	// MultifdFlush, when set, is called at each MULTIFD_FLUSH record (RAM
+	// pages sent on parallel channels must be in place before the stream
+	// goes on); an error fails the load. Nil ignores the records.
+	MultifdFlush func() error
 }
 
 // LoadResult tells what a successful Load did.
@@ -362,6 +366,11 @@ func (l *loader) ramRecords(w where, start bool) error {
 			}
 			return nil
 		case RAMFlagMultifdFlush:
+			if l.opt.MultifdFlush != nil && l.scan == nil {
+				if err := l.opt.MultifdFlush(); err != nil {
+					return w.wrap(off, fmt.Errorf("multifd flush: %w", err))
+				}
+			}
 		case RAMFlagMemSize:
 			if !start || listed {
 				return w.err(off, "MEM_SIZE record outside the start of the RAM section")

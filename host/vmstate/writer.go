@@ -145,6 +145,31 @@ func (w *Writer) RAMEnd(dirty [][]uint64) (RAMStats, error) {
 	return st, err
 }
 
+// RAMFlush writes a RAM section (PART, or END when end is set, which closes
+// the RAM section) holding only a MULTIFD_FLUSH record: the pages sent on
+// parallel channels up to here must be in place before the reader goes on.
+func (w *Writer) RAMFlush(end bool) error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.ramState != 1 {
+		return errors.New("vmstate writer: RAM flush outside a started RAM section")
+	}
+	kind := SectionPart
+	if end {
+		kind = SectionEnd
+	}
+	b := appendBE32([]byte{kind}, RAMSectionID)
+	b = appendBE64(b, RAMFlagMultifdFlush)
+	b = appendBE64(b, RAMFlagEOS)
+	w.write(b)
+	w.footer(RAMSectionID)
+	if end && w.err == nil {
+		w.ramState = 2
+	}
+	return w.err
+}
+
 func (w *Writer) ramSection(kind byte, dirty [][]uint64) (RAMStats, error) {
 	var st RAMStats
 	if w.err != nil {
