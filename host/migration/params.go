@@ -7,7 +7,7 @@ type Parameters struct {
 	Mode            Mode  `json:"mode"`
 	DowntimeLimit   int64 `json:"downtime-limit"`   // milliseconds
 	MaxBandwidth    int64 `json:"max-bandwidth"`    // bytes per second during precopy (0: unlimited); the switchover always goes at full speed
-	MultifdChannels int64 `json:"multifd-channels"` // parallel RAM channels: accepted, not used (one channel; see precopy.go)
+	MultifdChannels int64 `json:"multifd-channels"` // parallel RAM connections when the multifd capability is on (multifd.go)
 	CPUThrottleInit int64 `json:"cpu-throttle-initial"`
 	CPUThrottleInc  int64 `json:"cpu-throttle-increment"`
 	MaxCPUThrottle  int64 `json:"max-cpu-throttle"`
@@ -94,8 +94,11 @@ func (g *Migrator) SetParameters(u ParameterUpdate) error {
 
 // Capabilities are the migrate-set-capabilities switches.
 type Capabilities struct {
-	Events                bool `json:"events"`
-	AutoConverge          bool `json:"auto-converge"`
+	Events       bool `json:"events"`
+	AutoConverge bool `json:"auto-converge"`
+	// Multifd (off by default, as in QEMU) sends RAM pages over
+	// multifd-channels parallel connections; both sides must have it on
+	// and it needs x-preflight and a unix or tcp channel (multifd.go).
 	Multifd               bool `json:"multifd"`
 	PauseBeforeSwitchover bool `json:"pause-before-switchover"`
 	// Preflight (wasmvmm's "x-preflight", on by default) frames a live

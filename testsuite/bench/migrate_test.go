@@ -34,6 +34,10 @@ import (
 //	MIGBENCH_QEMU=0            skip QEMU
 //	MIGBENCH_TIMEOUT=30s       a migration that has not completed is cancelled
 //	MIGBENCH_CASES=idle,...    run only the cases whose names contain these
+//	MIGBENCH_MULTIFD=0,2,4     wasmvmm once per multifd-channels count (0: the
+//	                           multifd capability off, the default); each
+//	                           multifd row prints its total time, pause and
+//	                           RAM throughput against the row with 0
 //
 // Total time is measured from each VMM's MIGRATION events (setup to
 // completed), downtime is what query-migrate reports.
@@ -240,7 +244,10 @@ func waitSerial(b *testing.B, p *proc, marker string, d time.Duration) {
 }
 
 // runMigration runs one case on one VMM.
-func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeout time.Duration) migResult {
+// multifd > 0 turns the multifd capability on, on both sides, with that many
+// channels (wasmvmm only: its destination starts with --incoming defer and
+// gets the capability before migrate-incoming).
+func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeout time.Duration, multifd int) migResult {
 	paused := strings.HasSuffix(c.workload, " paused")
 	work := strings.TrimSuffix(c.workload, " paused")
 	cmdline := fmt.Sprintf("workload=dirtier dirty_start=%#x dirty_end=%#x %s", benchDirtyStart, benchDirtyEnd, work)
@@ -252,8 +259,18 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 		time.Sleep(200 * time.Millisecond)
 	}
 	migSock := filepath.Join(dir, "mig-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-	dst := v.start(b, dir, memMiB, cmdline, "unix:"+migSock)
+	incoming := "unix:" + migSock
+	if multifd > 0 {
+		incoming = "defer"
+	}
+	dst := v.start(b, dir, memMiB, cmdline, incoming)
 	sc, dc := dialQMP(b, src.qmp), dialQMP(b, dst.qmp)
+	if multifd > 0 {
+		mf := []map[string]any{{"capability": "multifd", "state": true}}
+		exec1(b, dc, "migrate-set-capabilities", map[string]any{"capabilities": mf})
+		exec1(b, dc, "migrate-incoming", map[string]any{"uri": "unix:" + migSock})
+		exec1(b, sc, "migrate-set-parameters", map[string]any{"multifd-channels": multifd})
+	}
 	srcEv, dstEv := eventTimes(sc), eventTimes(dc)
 	if paused {
 		exec1(b, sc, "stop", nil)
@@ -261,6 +278,9 @@ func runMigration(b *testing.B, v vmm, dir string, memMiB int, c migCase, timeou
 	caps := []map[string]any{{"capability": "events", "state": true}}
 	if c.converge {
 		caps = append(caps, map[string]any{"capability": "auto-converge", "state": true})
+	}
+	if multifd > 0 {
+		caps = append(caps, map[string]any{"capability": "multifd", "state": true})
 	}
 	exec1(b, sc, "migrate-set-capabilities", map[string]any{"capabilities": caps})
 	if c.bw > 0 {
@@ -420,6 +440,17 @@ func BenchmarkLiveMigration(b *testing.B) {
 		timeout = d
 	}
 	only := os.Getenv("MIGBENCH_CASES")
+	multifd := []int{0}
+	if s := os.Getenv("MIGBENCH_MULTIFD"); s != "" {
+		multifd = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 || n > 255 {
+				b.Fatalf("MIGBENCH_MULTIFD: %q", f)
+			}
+			multifd = append(multifd, n)
+		}
+	}
 	dir := b.TempDir()
 	for i := 0; i < b.N; i++ {
 		for _, size := range sizes {
@@ -429,10 +460,38 @@ func BenchmarkLiveMigration(b *testing.B) {
 				}
 				res := map[string]migResult{}
 				for _, v := range vmms {
-					res[v.name()] = runMigration(b, v, dir, size, c, timeout)
+					if v.name() != "wasmvmm" {
+						res[v.name()] = runMigration(b, v, dir, size, c, timeout, 0)
+						continue
+					}
+					for _, n := range multifd {
+						name := "wasmvmm"
+						if n > 0 {
+							name = fmt.Sprintf("wasmvmm-mf%d", n)
+						}
+						res[name] = runMigration(b, v, dir, size, c, timeout, n)
+					}
 				}
 				for _, v := range vmms {
-					fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, v.name(), res[v.name()])
+					if v.name() != "wasmvmm" {
+						fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, v.name(), res[v.name()])
+						continue
+					}
+					for _, n := range multifd {
+						name := "wasmvmm"
+						if n > 0 {
+							name = fmt.Sprintf("wasmvmm-mf%d", n)
+						}
+						r := res[name]
+						fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, name, r)
+						if one, ok := res["wasmvmm"]; ok && n > 0 && r.converged && one.converged {
+							tput := func(r migResult) float64 { return float64(r.bytes) / r.total.Seconds() }
+							fmt.Printf("%4d MiB %-19s %-7s vs one channel: total %.2fx, pause %.2fx, RAM throughput %.0f vs %.0f MiB/s = %.2fx\n",
+								size, c.name, name, float64(r.total)/float64(one.total), float64(r.pause)/float64(max(one.pause, 1)),
+								tput(r)/(1<<20), tput(one)/(1<<20), tput(r)/tput(one))
+							b.ReportMetric(tput(r)/tput(one), fmt.Sprintf("mf%d-throughput-vs-1ch-%dM-%s", n, size, strings.ReplaceAll(c.name, "/", "-")))
+						}
+					}
 				}
 				w := res["wasmvmm"]
 				if c.name == "paused/10GiB" && w.converged {
