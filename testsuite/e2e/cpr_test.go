@@ -720,7 +720,8 @@ func TestCPRTransferConsoleReconnects(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, b.Guest, dirtier+" dirty_rate_mb=64", "")
 	con := filepath.Join(dir, "console.sock")
-	start := func(args ...string) *exec.Cmd {
+	// start runs a wasmvmm process; the channel closes when it has exited.
+	start := func(args ...string) <-chan struct{} {
 		cmd := exec.Command(b.Binary, append(args, "--serial", "unix:"+con, "--plugins", b.PluginDir)...)
 		var stderr harness.SyncBuffer
 		cmd.Stderr = &stderr
@@ -736,11 +737,11 @@ func TestCPRTransferConsoleReconnects(t *testing.T) {
 				t.Logf("%s stderr:\n%s", args[len(args)-1], stderr.String())
 			}
 		})
-		return cmd
+		return done
 	}
 	srcQMP, dstQMP := filepath.Join(dir, "src.qmp"), filepath.Join(dir, "dst.qmp")
 	mainSock, cprSock := filepath.Join(dir, "main.sock"), filepath.Join(dir, "cpr.sock")
-	src := start("run", cfg, "--share-memory", "--qmp", srcQMP)
+	srcExited := start("run", cfg, "--share-memory", "--qmp", srcQMP)
 	waitSocket(t, con)
 	client := newConsoleClient(t, con)
 	deadline := time.Now().Add(30 * time.Second)
@@ -776,10 +777,10 @@ func TestCPRTransferConsoleReconnects(t *testing.T) {
 	if _, err := mon.Run([]byte(`{"execute":"quit"}`)); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); src.ProcessState == nil; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the old process does not quit")
-		}
+	select {
+	case <-srcExited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old process does not quit")
 	}
 	if st, err := os.Stat(con); err != nil || st.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("the old process removed the new one's console socket: %v", err)
