@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,7 +29,8 @@ import (
 // dirty-sync passes), the guest-visible pause (the source's STOP event to
 // the destination's RESUME event, both VMMs' timestamps from the same
 // clock), and the RAM throughput against a plain unix-socket copy of the
-// same number of bytes into fresh memory.
+// same number of bytes into fresh memory. The two VMMs take turns going
+// first from case to case (see the loop).
 //
 //	MIGBENCH_SIZES=1024,4096   guest RAM sizes in MiB (default 1024)
 //	MIGBENCH_QEMU=0            skip QEMU
@@ -452,14 +454,24 @@ func BenchmarkLiveMigration(b *testing.B) {
 		}
 	}
 	dir := b.TempDir()
+	ran := 0
 	for i := 0; i < b.N; i++ {
 		for _, size := range sizes {
 			for _, c := range migCases {
 				if only != "" && !strings.Contains(only, c.name) {
 					continue
 				}
+				// wasmvmm and QEMU take turns going first: the second to
+				// run gets the memory the first just freed, which this
+				// nested host hands out much faster than memory new to it
+				// (first touch 0.4 against 4-8 GB/s, measured).
+				order := slices.Clone(vmms)
+				if ran%2 == 1 {
+					slices.Reverse(order)
+				}
+				ran++
 				res := map[string]migResult{}
-				for _, v := range vmms {
+				for _, v := range order {
 					if v.name() != "wasmvmm" {
 						res[v.name()] = runMigration(b, v, dir, size, c, timeout, 0)
 						continue
