@@ -365,6 +365,7 @@ var PluginExports = map[string]Export{
 	// dev_idle(): called when the host has nothing else for the device.
 	ExIdle: {sig(nil), false},
 	// dev_migration_event(event, mode) -> status; a non-OK status from
-	// MigrationSetup vetoes the migration (the reason goes to the log).
+	// MigrationSetup vetoes the migration (the reason: the last error the
+	// call logged).
 	ExMigrationEvent: {sig(p(I32, I32), I32), false},
 }

@@ -133,6 +133,7 @@ func hLog(i *Instance, m api.Module, s []uint64) {
 		l = hclog.Warn
 	default:
 		l = hclog.Error
+		i.callErr = msg // hLog runs inside a call, under i.mu
 	}
 	i.log.Log(l, msg)
 }

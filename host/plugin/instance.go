@@ -163,6 +163,7 @@ type Instance struct {
 	fuel    api.MutableGlobal // nil when the module is not metered
 	stack   []uint64
 	current export // export being called, for messages
+	callErr string // the last error the plugin logged during this call
 	failErr error
 	phase   phase
 
@@ -542,6 +543,11 @@ func (i *Instance) statusCall(ex export, args ...uint64) error {
 		return i.failErr
 	}
 	if st != abi.OK {
+		// The SDK logs the device's error before it returns a failing
+		// status: that is the reason a user needs.
+		if i.callErr != "" {
+			return fmt.Errorf("device %s: %s returned %v: %s", i.name, exportNames[ex], st, i.callErr)
+		}
 		return fmt.Errorf("device %s: %s returned %v", i.name, exportNames[ex], st)
 	}
 	return nil
@@ -605,6 +611,7 @@ func (i *Instance) callLocked(ex export) error {
 		return fmt.Errorf("device %s: plugin does not export %s", i.name, exportNames[ex])
 	}
 	i.current = ex
+	i.callErr = ""
 	if i.fuel != nil {
 		i.fuel.Set(i.budget(ex))
 	}
