@@ -223,7 +223,12 @@ func (g *Migrator) loadLive(ctx context.Context, conn net.Conn, ln listener) err
 	if mf != nil {
 		opts.MultifdFlush = mf.flush
 	}
+	// The load's tail, from the RAM END (the source's guest stopped) to
+	// the end of the device sections, is part of the pause.
+	var ramEnd time.Time
+	opts.RAMEnded = func() { ramEnd = time.Now() }
 	res, err := vmstate.Load(counter, opts)
+	loadTail := time.Since(ramEnd)
 	if mf != nil {
 		// A channel's failure is the cause of the main stream's.
 		if cerr := mf.error(); cerr != nil {
@@ -249,7 +254,7 @@ func (g *Migrator) loadLive(ctx context.Context, conn net.Conn, ln listener) err
 		return reply(err)
 	}
 	tm.mark("disks")
-	defer func() { g.log.Info("incoming switchover", "phases", tm.String()) }()
+	defer func() { g.log.Info("incoming switchover", "devices", loadTail, "phases", tm.String()) }()
 	g.mu.Lock()
 	g.ram.Transferred = res.Bytes
 	g.ram.Normal = int64(res.Pages)

@@ -64,7 +64,12 @@ func TestRAMIterative(t *testing.T) {
 	d := newMachine(t, 0, map[string]uint64{"packed": 1, "legacy": 0}, nil)
 	opt := LoadOptions{Machine: "wasmvmm-test-1.0", Blocks: dst, Registry: d.reg}
 	checkScan(t, out.Bytes(), opt, 41+1+1)
+	ended := 0
+	opt.RAMEnded = func() { ended++ }
 	res, err := Load(bytes.NewReader(out.Bytes()), opt)
+	if ended != 1 {
+		t.Errorf("RAMEnded called %d times, want once", ended)
+	}
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}

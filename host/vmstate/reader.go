@@ -33,6 +33,9 @@ type LoadOptions struct {
 	// pages sent on parallel channels must be in place before the stream
 	// goes on); an error fails the load. Nil ignores the records.
 	MultifdFlush func() error
+	// RAMEnded, when set, is called once the RAM section's END is read:
+	// in a live migration the source has stopped its guest by then.
+	RAMEnded func()
 }
 
 // LoadResult tells what a successful Load did.
@@ -306,6 +309,9 @@ func (l *loader) sectionPartEnd(off int64, t byte) error {
 		l.ramState = 2
 		if l.scan != nil {
 			return errScanDone
+		}
+		if l.opt.RAMEnded != nil {
+			l.opt.RAMEnded()
 		}
 	}
 	return nil
