@@ -202,10 +202,11 @@ func (g *Migrator) loadLive(ctx context.Context, conn net.Conn, ln listener) err
 			stopMF := context.AfterFunc(ctx, func() { mf.fail(errCancelled) })
 			defer stopMF()
 		}
-		// While RAM streams in: the first vCPU restore in a process is
-		// slow, and the real one is inside the pause.
-		if err := m.WarmUpRestore(); err != nil {
-			g.log.Warn("warm-up of the vCPU restore", "error", err)
+		// While RAM streams in: the first vCPU restore and the first
+		// device load in a process are slow, and the real ones are inside
+		// the pause.
+		if err := g.warmUpLoad(); err != nil {
+			g.log.Warn("warm-up of the state load", "error", err)
 		}
 		if fresh && len(src.Populated) == len(m.Memory().Blocks()) {
 			ctx, cancel := context.WithCancel(context.Background())
