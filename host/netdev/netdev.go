@@ -192,6 +192,9 @@ type readiness struct {
 	notify func()
 	armedR atomic.Bool
 	armedW atomic.Bool
+	// afterFirstLook, set by tests only, runs in poll between the first
+	// look at the descriptor and the arming: the window of a lost wakeup.
+	afterFirstLook func()
 }
 
 func newReadiness() *readiness {
@@ -226,6 +229,23 @@ func (r *readiness) observe(ev abi.BackendEvent) abi.BackendEvent {
 	}
 	if ev&abi.EventWritable == 0 {
 		r.armedW.Store(true)
+	}
+	return ev
+}
+
+// poll returns the events present on fd now and arms the absent ones. An
+// event that arrives between the first look and the arming is reported
+// too: a waiter woken by its edge while the event was still disarmed went
+// back to sleep until the next edge, and without this second look a frame
+// that arrives alone (an ARP reply) would wait for the next one.
+func (r *readiness) poll(fd int) abi.BackendEvent {
+	ev := events(pollNow(fd))
+	if r.afterFirstLook != nil {
+		r.afterFirstLook()
+	}
+	ev = r.observe(ev)
+	if ev != abi.EventReadable|abi.EventWritable {
+		ev |= events(pollNow(fd))
 	}
 	return ev
 }

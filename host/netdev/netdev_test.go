@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -536,3 +537,105 @@ func adoptAndAsk(t *testing.T, tap *Tap, req []byte, guestIP, hostIP net.IP) {
 // patience bounds every wait for the peer or the kernel; the machine is
 // shared, so it is generous (waits end as soon as the condition holds).
 const patience = 30 * time.Second
+
+// TestUnixNoLostWakeup sends single frames, one at a time, to a listening
+// end whose reader works as the host's delivery does (on notify: while
+// Ready reports readable, receive until the socket is empty). Every frame
+// must be delivered without a later one to push it: a frame arriving while
+// Ready re-armed readiness once waited for the next frame.
+func TestUnixNoLostWakeup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "net.sock")
+	l, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := ConnectUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the connection", l.Connected)
+	got := make(chan struct{}, 1)
+	var busy sync.Mutex
+	deliver := func() {
+		busy.Lock() // one delivery at a time, as the host's instance lock
+		defer busy.Unlock()
+		buf := make([]byte, 100)
+		for l.Ready()&abi.EventReadable != 0 {
+			for {
+				if _, err := l.RecvSG([][]byte{buf}); err != nil {
+					break
+				}
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
+	l.Watch(func() { go deliver() })
+	l.Ready() // arm
+	frame := bytes.Repeat([]byte{0x42}, 60)
+	const frames = 20000
+	for i := 0; i < frames; i++ {
+		if _, err := c.SendSG([][]byte{frame}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+		case <-time.After(2 * time.Second):
+			t.Fatalf("frame %d of %d was not delivered: a lost wakeup", i, frames)
+		}
+	}
+}
+
+// TestUnixFrameDuringArmingIsDelivered forces the lost-wakeup window: a
+// frame arrives after Ready's first look found nothing and before it armed
+// readiness again, while the waiter, still disarmed, sees the frame's edge
+// and goes back to sleep. Ready must report the frame.
+func TestUnixFrameDuringArmingIsDelivered(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "net.sock")
+	l, err := ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := ConnectUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the connection", l.Connected)
+	notified := make(chan struct{}, 16)
+	l.Watch(func() { notified <- struct{}{} })
+	frame := bytes.Repeat([]byte{0x24}, 60)
+	buf := make([]byte, 100)
+	// A first frame: the waiter fires and disarms.
+	l.Ready()
+	if _, err := c.SendSG([][]byte{frame}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-notified:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification for the first frame")
+	}
+	if _, err := l.RecvSG([][]byte{buf}); err != nil {
+		t.Fatal(err)
+	}
+	// The second frame lands in the window.
+	l.ready.afterFirstLook = func() {
+		l.ready.afterFirstLook = nil
+		if _, err := c.SendSG([][]byte{frame}); err != nil {
+			t.Error(err)
+		}
+		time.Sleep(20 * time.Millisecond) // the disarmed waiter sees the edge
+	}
+	if ev := l.Ready(); ev&abi.EventReadable == 0 {
+		t.Fatalf("Ready = %v with a frame waiting: its wakeup would be lost", ev)
+	}
+	if _, err := l.RecvSG([][]byte{buf}); err != nil {
+		t.Fatalf("the second frame: %v", err)
+	}
+}

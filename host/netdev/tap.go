@@ -192,7 +192,7 @@ func (t *Tap) Ready() abi.BackendEvent {
 	if t.closed {
 		return 0
 	}
-	return t.ready.observe(events(pollNow(t.fd)))
+	return t.ready.poll(t.fd)
 }
 
 // Watch implements plugin.Watchable.

@@ -391,7 +391,7 @@ func (u *Unix) Ready() abi.BackendEvent {
 	if u.fd < 0 {
 		return u.ready.observe(abi.EventWritable)
 	}
-	return u.ready.observe(events(pollNow(u.fd)))
+	return u.ready.poll(u.fd)
 }
 
 // Watch implements plugin.Watchable.
