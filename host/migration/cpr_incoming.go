@@ -125,24 +125,18 @@ func (in *CPRIncoming) Opener(next machine.BackendOpener, opt machine.BackendOpt
 // and a unix-connect end connects (the peer's listener takes the new
 // connection in place of the source's).
 func (in *CPRIncoming) openNew(next machine.BackendOpener, device, name, spec string, kind abi.BackendKind) (plugin.Backend, error) {
-	if kind == abi.BackendNet {
-		path, listen := strings.CutPrefix(spec, "unix-listen:")
-		if !listen {
-			var connect bool
-			if path, connect = strings.CutPrefix(spec, "unix-connect:"); !connect {
-				return next(device, name, spec, kind)
-			}
-		}
-		u, err := netdev.UnixLater(path, listen)
-		if err != nil {
-			return nil, err
-		}
-		in.mu.Lock()
-		in.links = append(in.links, u)
-		in.mu.Unlock()
-		return u, nil
+	end, path, _ := strings.Cut(spec, ":")
+	if kind != abi.BackendNet || (end != "unix-listen" && end != "unix-connect") {
+		return next(device, name, spec, kind)
 	}
-	return next(device, name, spec, kind)
+	u, err := netdev.UnixLater(path, end == "unix-listen")
+	if err != nil {
+		return nil, err
+	}
+	in.mu.Lock()
+	in.links = append(in.links, u)
+	in.mu.Unlock()
+	return u, nil
 }
 
 // startLinks starts the unix net links once the guest's state is loaded

@@ -285,18 +285,7 @@ func TestUnixStaleSocket(t *testing.T) {
 // the first keeps its connected peer until it closes, and its Close leaves
 // the second's socket file alone.
 func TestUnixTakeOver(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "net.sock")
-	old, err := ListenUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	peer, err := ConnectUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	waitFor(t, "the peer on the old listener", old.Connected)
+	old, peer, path := pair(t)
 	takeOver := func(path string) (*Unix, error) {
 		u, err := UnixLater(path, true)
 		if err != nil {
@@ -544,18 +533,7 @@ const patience = 30 * time.Second
 // must be delivered without a later one to push it: a frame arriving while
 // Ready re-armed readiness once waited for the next frame.
 func TestUnixNoLostWakeup(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "net.sock")
-	l, err := ListenUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := ConnectUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, "the connection", l.Connected)
+	l, c, _ := pair(t)
 	got := make(chan struct{}, 1)
 	var busy sync.Mutex
 	deliver := func() {
@@ -595,18 +573,7 @@ func TestUnixNoLostWakeup(t *testing.T) {
 // readiness again, while the waiter, still disarmed, sees the frame's edge
 // and goes back to sleep. Ready must report the frame.
 func TestUnixFrameDuringArmingIsDelivered(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "net.sock")
-	l, err := ListenUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := ConnectUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, "the connection", l.Connected)
+	l, c, _ := pair(t)
 	notified := make(chan struct{}, 16)
 	l.Watch(func() { notified <- struct{}{} })
 	frame := bytes.Repeat([]byte{0x24}, 60)

@@ -60,6 +60,7 @@ func newUnix(path string, listen bool) *Unix {
 // listening) is replaced; a live one is an error.
 func ListenUnix(path string) (*Unix, error) {
 	u := newUnix(path, true)
+	u.started.Store(true)
 	if err := u.bind(false); err != nil {
 		return nil, err
 	}
@@ -110,13 +111,11 @@ func (u *Unix) bind(takeOver bool) error {
 // ConnectUnix connects to the peer listening on path, now or as soon as it
 // listens.
 func ConnectUnix(path string) (*Unix, error) {
-	if path == "" {
-		return nil, errors.New("net backend unix-connect: empty path")
+	u, err := UnixLater(path, false)
+	if err != nil {
+		return nil, err
 	}
-	u := newUnix(path, false)
-	u.started.Store(true)
-	go u.dialLoop()
-	return u, nil
+	return u, u.Start() // a connecting end's Start cannot fail
 }
 
 // UnixLater returns a unix backend (listening end if listen, else the
@@ -126,7 +125,11 @@ func ConnectUnix(path string) (*Unix, error) {
 // failed transfer leaves the source's link alone.
 func UnixLater(path string, listen bool) (*Unix, error) {
 	if path == "" {
-		return nil, errors.New("net backend unix: empty path")
+		kind := "unix-connect"
+		if listen {
+			kind = "unix-listen"
+		}
+		return nil, fmt.Errorf("net backend %s: empty path", kind)
 	}
 	return newUnix(path, listen), nil
 }
