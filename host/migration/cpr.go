@@ -147,28 +147,7 @@ func (g *Migrator) runCPR(ctx context.Context, main, cprCh Channel) {
 		g.notify(abi.MigrationDone, mode)
 		return
 	}
-	cancelled := errors.Is(err, errCancelled) || ctx.Err() != nil
-	if aerr := activateDisks(p.gaveUp); aerr != nil {
-		err = fmt.Errorf("%w; and the source could not take its disks back: %v", err, aerr)
-		g.log.Error("cpr-transfer failed and disks stay with someone else; the guest stays stopped", "error", err)
-		g.fail(err)
-		g.finishDone()
-		g.notify(abi.MigrationFailed, mode)
-		return
-	}
-	if stopped {
-		if rerr := p.m.EnterRunState(prev); rerr != nil {
-			g.log.Error("restoring the run state after a failed cpr-transfer", "state", prev, "error", rerr)
-		}
-	}
-	if cancelled {
-		g.finish(StatusCancelled)
-	} else {
-		g.log.Error("cpr-transfer failed; the guest stays here", "error", err)
-		g.fail(err)
-		g.finishDone()
-	}
-	g.notify(abi.MigrationFailed, mode)
+	g.recoverSource(ctx, err, "cpr-transfer", mode, stopped, prev, p.gaveUp)
 }
 
 // entries lists what the CPR state carries: RAM memfds, then preserved

@@ -288,6 +288,42 @@ func (g *Migrator) begin(mode Mode) (context.Context, error) {
 	return ctx, nil
 }
 
+// recoverSource ends an outgoing migration that failed or was cancelled
+// (what names it in the log): the source takes back the disks it gave up,
+// then, if it stopped the guest, resumes the run state it had (prev).
+// Disks it cannot take back mean the destination most likely loaded, took
+// them and resumed, and only its completion message was lost: the guest
+// lives there, so this side leaves it stopped (postmigrate).
+func (g *Migrator) recoverSource(ctx context.Context, err error, what string, mode Mode, stopped bool, prev machine.RunState, gaveUp []ownedDisk) {
+	m := g.cfg.Machine
+	if aerr := activateDisks(gaveUp); aerr != nil {
+		err = fmt.Errorf("%w; and the source could not take its disks back (the destination may own the guest now): %v", err, aerr)
+		g.log.Error(what+" failed and the disks stay with someone else; the guest stays stopped", "error", err)
+		if stopped {
+			if rerr := m.EnterRunState(machine.StatePostMigrate); rerr != nil {
+				g.log.Warn("postmigrate", "error", rerr)
+			}
+		}
+		g.fail(err)
+		g.finishDone()
+		g.notify(abi.MigrationFailed, mode)
+		return
+	}
+	if stopped {
+		if rerr := m.EnterRunState(prev); rerr != nil {
+			g.log.Error("restoring the run state after a failed "+what, "state", prev, "error", rerr)
+		}
+	}
+	if errors.Is(err, errCancelled) || ctx.Err() != nil {
+		g.finish(StatusCancelled)
+	} else {
+		g.log.Error(what+" failed; the guest stays here", "error", err)
+		g.fail(err)
+		g.finishDone()
+	}
+	g.notify(abi.MigrationFailed, mode)
+}
+
 // fail records a failure.
 func (g *Migrator) fail(err error) {
 	g.mu.Lock()

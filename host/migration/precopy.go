@@ -161,37 +161,7 @@ func (g *Migrator) runLive(ctx context.Context, ch Channel, mode Mode) {
 		g.notify(abi.MigrationDone, mode)
 		return
 	}
-	cancelled := errors.Is(err, errCancelled) || ctx.Err() != nil
-	// The source takes its disks back before the guest runs again.
-	if aerr := activateDisks(gaveUp); aerr != nil {
-		// Most likely the destination loaded, took the disks and resumed,
-		// and only its completion message was lost: the guest lives
-		// there, so this side must not run it (postmigrate).
-		err = fmt.Errorf("%w; and the source could not take its disks back (the destination may own the guest now): %v", err, aerr)
-		g.log.Error("migration failed and the disks stay with someone else; the guest stays stopped", "error", err)
-		if stopped {
-			if rerr := p.m.EnterRunState(machine.StatePostMigrate); rerr != nil {
-				g.log.Warn("postmigrate", "error", rerr)
-			}
-		}
-		g.fail(err)
-		g.finishDone()
-		g.notify(abi.MigrationFailed, mode)
-		return
-	}
-	if stopped {
-		if rerr := p.m.EnterRunState(prev); rerr != nil {
-			g.log.Error("restoring the run state after a failed migration", "state", prev, "error", rerr)
-		}
-	}
-	if cancelled {
-		g.finish(StatusCancelled)
-	} else {
-		g.log.Error("migration failed", "error", err)
-		g.fail(err)
-		g.finishDone()
-	}
-	g.notify(abi.MigrationFailed, mode)
+	g.recoverSource(ctx, err, "migration", mode, stopped, prev, gaveUp)
 }
 
 // run does the work; it reports whether it stopped the guest, the run state
