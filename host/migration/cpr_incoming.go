@@ -237,7 +237,7 @@ func (g *Migrator) ListenIncomingCPR(ctx context.Context, ch Channel, in *CPRInc
 	in.Hangup()
 	out := make(chan error, 1)
 	go func() {
-		err := g.acceptAndLoad(ctx, ln, g.loadCPR)
+		err := g.acceptAndLoad(ctx, ln, false, g.loadCPR)
 		if err != nil {
 			g.fail(fmt.Errorf("incoming cpr-transfer on %s: %w", ch, err))
 			g.finishDone()

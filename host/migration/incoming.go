@@ -72,10 +72,16 @@ func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error
 }
 
 // acceptAndLoad takes the source's connection on ln and loads it with
-// load (live migration, or the main channel of a cpr-transfer).
-func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener, load func(net.Conn) error) error {
+// load (live migration, or the main channel of a cpr-transfer). keepOpen
+// leaves ln listening until the load ends (multifd channels connect to it
+// after the main one).
+func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener, keepOpen bool, load func(net.Conn) error) error {
 	conn, err := ln.accept(ctx)
-	ln.close()
+	if keepOpen {
+		defer ln.close()
+	} else {
+		ln.close()
+	}
 	if err != nil {
 		return fmt.Errorf("accept: %w", err)
 	}
@@ -90,22 +96,11 @@ func (g *Migrator) acceptAndLoad(ctx context.Context, ln listener, load func(net
 // the multifd capability the listener stays open for the parallel channels
 // (not for an fd channel, which cannot be connected to again).
 func (g *Migrator) acceptLive(ctx context.Context, ln listener, ch Channel) error {
-	conn, err := ln.accept(ctx)
 	var more listener
 	if g.capabilities().Multifd && ch.Transport != "fd" {
 		more = ln
-		defer ln.close()
-	} else {
-		ln.close()
 	}
-	if err != nil {
-		return fmt.Errorf("accept: %w", err)
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	g.setStatus(StatusActive)
-	return g.loadLive(ctx, conn, more)
+	return g.acceptAndLoad(ctx, ln, more != nil, func(conn net.Conn) error { return g.loadLive(ctx, conn, more) })
 }
 
 // checkMultifd compares the source's multifd request with this side's
