@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math/bits"
 	"net"
 	"os"
@@ -723,35 +722,6 @@ func (p *precopy) checkDestination(ch Channel) (bool, error) {
 		p.stopCancel = func() bool { a, b := stopMain(), stopMF(); return a && b }
 	}
 	return v.FreshRAM, nil
-}
-
-// preflightAnswer is the destination's pre-flight verdict with what later
-// versions add (an older destination leaves them false; an older source
-// ignores them).
-type preflightAnswer struct {
-	verdict
-	// VMDescOptional says the destination loads a stream that ends at EOF
-	// without the trailing vmdesc.
-	VMDescOptional bool `json:"vmdesc_optional,omitempty"`
-	// Multifd says the destination accepts the multifd channels the
-	// description asked for.
-	Multifd bool `json:"multifd,omitempty"`
-}
-
-// readAnswer reads the pre-flight answer.
-func readAnswer(r io.Reader) (preflightAnswer, error) {
-	var v preflightAnswer
-	var m [len(verdictMagic)]byte
-	if _, err := io.ReadFull(r, m[:]); err != nil {
-		return v, err
-	}
-	if string(m[:]) != verdictMagic {
-		return v, fmt.Errorf("the destination answered %q, not a wasmvmm verdict", m[:])
-	}
-	if err := readMsgBody(r, &v); err != nil {
-		return v, fmt.Errorf("verdict: %w", err)
-	}
-	return v, nil
 }
 
 // allPages sets every page of b in bm.

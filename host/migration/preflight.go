@@ -330,18 +330,45 @@ func readMsgBody(r io.Reader, v any) error {
 	return json.Unmarshal(body, v)
 }
 
+// preflightAnswer is the destination's pre-flight verdict with what later
+// versions add (an older destination leaves them false; an older source
+// ignores them).
+type preflightAnswer struct {
+	verdict
+	// VMDescOptional says the destination loads a stream that ends at EOF
+	// without the trailing vmdesc.
+	VMDescOptional bool `json:"vmdesc_optional,omitempty"`
+	// Multifd says the destination accepts the multifd channels the
+	// description asked for.
+	Multifd bool `json:"multifd,omitempty"`
+}
+
+// readVerdictMsg reads a message framed with verdictMagic into v: a
+// verdict, or the pre-flight answer that extends it.
+func readVerdictMsg(r io.Reader, v any) error {
+	var m [len(verdictMagic)]byte
+	if _, err := io.ReadFull(r, m[:]); err != nil {
+		return err
+	}
+	if string(m[:]) != verdictMagic {
+		return fmt.Errorf("the destination answered %q, not a wasmvmm verdict", m[:])
+	}
+	if err := readMsgBody(r, v); err != nil {
+		return fmt.Errorf("verdict: %w", err)
+	}
+	return nil
+}
+
 // readVerdict reads a verdict message.
 func readVerdict(r io.Reader) (verdict, error) {
 	var v verdict
-	var m [len(verdictMagic)]byte
-	if _, err := io.ReadFull(r, m[:]); err != nil {
-		return v, err
-	}
-	if string(m[:]) != verdictMagic {
-		return v, fmt.Errorf("the destination answered %q, not a wasmvmm verdict", m[:])
-	}
-	if err := readMsgBody(r, &v); err != nil {
-		return v, fmt.Errorf("verdict: %w", err)
-	}
-	return v, nil
+	err := readVerdictMsg(r, &v)
+	return v, err
+}
+
+// readAnswer reads the pre-flight answer.
+func readAnswer(r io.Reader) (preflightAnswer, error) {
+	var v preflightAnswer
+	err := readVerdictMsg(r, &v)
+	return v, err
 }
