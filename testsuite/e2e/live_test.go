@@ -38,6 +38,13 @@ type liveDest struct {
 // newLiveDest builds an incoming machine listening on a unix socket.
 func newLiveDest(t *testing.T, o harness.MachineOptions, autostart bool) *liveDest {
 	t.Helper()
+	return newLiveDestWith(t, o, autostart, nil)
+}
+
+// newLiveDestWith is newLiveDest with prepare run on the destination's
+// migrator before it listens (capabilities, parameters).
+func newLiveDestWith(t *testing.T, o harness.MachineOptions, autostart bool, prepare func(*migration.Migrator)) *liveDest {
+	t.Helper()
 	o.NoBoot, o.Incoming = true, true
 	ip := harness.NewMachine(t, o)
 	ip.M.SetAutostart(autostart)
@@ -45,6 +52,9 @@ func newLiveDest(t *testing.T, o harness.MachineOptions, autostart bool) *liveDe
 		t.Fatal(err)
 	}
 	d := &liveDest{ip: ip, g: migrator(ip)}
+	if prepare != nil {
+		prepare(d.g)
+	}
 	d.ch = migration.Channel{Type: "main", Transport: "unix", Path: filepath.Join(t.TempDir(), "mig.sock")}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

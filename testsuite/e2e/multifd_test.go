@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"io"
 	"net"
 	"path/filepath"
@@ -19,24 +18,11 @@ import (
 // be set before the destination listens).
 func newMultifdDest(t *testing.T, multifd bool) *liveDest {
 	t.Helper()
-	ip := harness.NewMachine(t, harness.MachineOptions{NoBoot: true, Incoming: true})
-	ip.M.SetAutostart(false)
-	if err := ip.M.StartIncoming(); err != nil {
-		t.Fatal(err)
-	}
-	d := &liveDest{ip: ip, g: migrator(ip)}
-	if err := d.g.SetCapabilities([]migration.CapabilityState{{Capability: "multifd", State: multifd}}); err != nil {
-		t.Fatal(err)
-	}
-	d.ch = migration.Channel{Type: "main", Transport: "unix", Path: filepath.Join(t.TempDir(), "mig.sock")}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	res, err := d.g.ListenIncoming(ctx, d.ch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.res = res
-	return d
+	return newLiveDestWith(t, harness.MachineOptions{}, false, func(g *migration.Migrator) {
+		if err := g.SetCapabilities([]migration.CapabilityState{{Capability: "multifd", State: multifd}}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // multifdSource starts the dirtying guest and a migrator with multifd set
