@@ -24,13 +24,7 @@ func TestCPRTransferKeepsAUnixNetLink(t *testing.T) {
 			sock := filepath.Join(dir, "link.sock")
 			peerEnd := map[string]string{"connect": "unix-listen:", "listen": "unix-connect:"}[guestEnd]
 			// The peer VM (in this process) answers every frame.
-			peer := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle net_test=2",
-				Backends:   map[string]map[string]string{"net0": {"net": peerEnd + sock}},
-				Properties: map[string]map[string]any{"net0": {"mac": "52:54:00:00:00:02"}}})
-			if err := peer.M.Start(false); err != nil {
-				t.Fatal(err)
-			}
-			peer.WaitConsole(t, "NET RESPONDER READY", 20*time.Second)
+			peer := netResponder(t, peerEnd+sock)
 
 			extra := fmt.Sprintf("\n[[device]]\nid = \"net0\"\nbackends = { net = %q }\n", "unix-"+guestEnd+":"+sock)
 			cfg := writeConfig(t, dir, b.Guest, dirtier+" dirty_rate_mb=64 net_test=1 dev_every=2", extra)

@@ -61,18 +61,26 @@ func TestDeviceWithNoBackendIsLeftOut(t *testing.T) {
 	}
 }
 
-// TestTwoVMsExchangeFramesOverUnixSockets: two VMs, each with the
-// virtio-net plugin on one end of a unix socket; one guest sends the echo
-// frames, the other guest sends them back.
-func TestTwoVMsExchangeFramesOverUnixSockets(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "net.sock")
+// netResponder starts an in-process VM whose guest answers every frame
+// (net_test=2) on a virtio-net with the backend spec, once it is ready.
+func netResponder(t *testing.T, spec string) *harness.InProcess {
+	t.Helper()
 	peer := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle net_test=2",
-		Backends:   map[string]map[string]string{"net0": {"net": "unix-listen:" + sock}},
+		Backends:   map[string]map[string]string{"net0": {"net": spec}},
 		Properties: map[string]map[string]any{"net0": {"mac": "52:54:00:00:00:02"}}})
 	if err := peer.M.Start(false); err != nil {
 		t.Fatal(err)
 	}
 	peer.WaitConsole(t, "NET RESPONDER READY", 20*time.Second)
+	return peer
+}
+
+// TestTwoVMsExchangeFramesOverUnixSockets: two VMs, each with the
+// virtio-net plugin on one end of a unix socket; one guest sends the echo
+// frames, the other guest sends them back.
+func TestTwoVMsExchangeFramesOverUnixSockets(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "net.sock")
+	peer := netResponder(t, "unix-listen:"+sock)
 	vm := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle net_test=1 net_frames=32",
 		Backends: map[string]map[string]string{"net0": {"net": "unix-connect:" + sock}}})
 	if err := vm.M.Start(false); err != nil {
@@ -90,13 +98,7 @@ func TestTwoVMsExchangeFramesOverUnixSockets(t *testing.T) {
 // wait in the backend and arrive once the VM resumes.
 func TestPausedGuestsDevicesHoldStill(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "net.sock")
-	peer := harness.NewMachine(t, harness.MachineOptions{Cmdline: "workload=idle net_test=2",
-		Backends:   map[string]map[string]string{"net0": {"net": "unix-listen:" + sock}},
-		Properties: map[string]map[string]any{"net0": {"mac": "52:54:00:00:00:02"}}})
-	if err := peer.M.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	peer.WaitConsole(t, "NET RESPONDER READY", 20*time.Second)
+	peer := netResponder(t, "unix-listen:"+sock)
 	if err := peer.M.Pause(); err != nil {
 		t.Fatal(err)
 	}
