@@ -41,7 +41,9 @@ type (
 	BackendHandler interface {
 		BackendReady(b *Backend, events abi.BackendEvent)
 	}
-	// PreSaver runs before the host reads the device's vmstate.
+	// PreSaver runs before the host reads the device's vmstate. It may run
+	// while the guest runs (the host saves ahead of a migration's pause), so
+	// it must leave the device able to run on, and be idempotent.
 	PreSaver interface {
 		PreSave() error
 	}

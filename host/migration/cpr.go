@@ -242,6 +242,7 @@ func (p *cprSource) run(main, cprCh Channel) (stopped bool, prev machine.RunStat
 		return false, "", err
 	}
 	w.SuppressVMDesc = true // the pre-flight compared the schemas
+	saveAhead(g, reg)
 
 	// The pause.
 	p.stopAt = time.Now()
@@ -380,6 +381,16 @@ func (p *cprSource) releaseDescriptors() {
 				closeIt(pd.ID(), ref.Name, b)
 			}
 		}
+	}
+}
+
+// saveAhead encodes the devices' state while the guest still runs, so
+// that the pause resends what did not change since instead of running
+// every device's hooks (vmstate.Registry.SaveAhead). A failure only costs
+// that head start: the save in the pause runs the hooks again and reports.
+func saveAhead(g *Migrator, reg *vmstate.Registry) {
+	if err := reg.SaveAhead(); err != nil {
+		g.log.Debug("device state not saved ahead", "error", err)
 	}
 }
 

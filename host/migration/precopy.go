@@ -555,6 +555,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 		return false, "", nil, errCancelled
 	}
 	p.freshChunks = false
+	saveAhead(g, p.reg)
 	stopAt := time.Now()
 	prev, err := m.StopFor(machine.StateFinishMigrate)
 	if err != nil {

@@ -43,6 +43,10 @@ func (h pluginHooks) PreSave() error                 { return h.i.PreSave() }
 func (h pluginHooks) PostLoad(version uint32) error  { return h.i.PostLoad(version) }
 func (h pluginHooks) SubsectionNeeded(id int32) bool { return h.i.SubsectionNeeded(id) }
 
+// StateChanges lets the registry reuse a body saved ahead
+// (vmstate.ChangeCounter).
+func (h pluginHooks) StateChanges() uint64 { return h.i.StateChanges() }
+
 // instanceOf returns the plugin instance behind a machine device, if any.
 func instanceOf(d machine.Device) *plugin.Instance {
 	if pd, ok := d.(*machine.PluginDevice); ok {

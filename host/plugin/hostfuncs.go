@@ -72,6 +72,10 @@ func instantiateHostModule(ctx context.Context, rt wazero.Runtime) error {
 			return fmt.Errorf("host function %s is not implemented", name)
 		}
 		hasResult := len(sig.Results) > 0
+		// Every host function but log may hand the plugin something from
+		// outside its memory (time, guest memory, a backend's state), so
+		// it counts as a change (Instance.StateChanges).
+		counts := name != abi.FnLog
 		fn := api.GoModuleFunc(func(ctx context.Context, m api.Module, stack []uint64) {
 			i := instanceOf(ctx)
 			if i == nil {
@@ -79,6 +83,9 @@ func instantiateHostModule(ctx context.Context, rt wazero.Runtime) error {
 					stack[0] = status(abi.ErrState)
 				}
 				return
+			}
+			if counts {
+				i.changes++ // the export's caller holds i.mu
 			}
 			impl(i, m, stack)
 		})

@@ -166,6 +166,11 @@ type Instance struct {
 	callErr string // the last error the plugin logged during this call
 	failErr error
 	phase   phase
+	// changes counts what may have changed the plugin's memory or the
+	// answers of its save hooks: export calls other than the save hooks,
+	// host function calls other than log (inside any export, the save
+	// hooks' included), and writes to its memory. StateChanges reads it.
+	changes uint64
 
 	info        *abi.DeviceInfo
 	props       map[string]PropertyValue
@@ -584,10 +589,25 @@ func (i *Instance) WriteMemory(off uint32, p []byte) error {
 	if i.failErr != nil || i.wmod == nil {
 		return fmt.Errorf("device %s: write plugin memory: instance not running: %v", i.name, i.failErr)
 	}
+	i.changes++
 	if !i.memory.Write(off, p) {
 		return fmt.Errorf("device %s: write plugin memory [%#x, +%#x): outside %#x bytes", i.name, off, len(p), i.memory.Size())
 	}
 	return nil
+}
+
+// StateChanges returns a count that moves whenever the plugin's memory,
+// or what its save hooks would answer, may have changed: on every export
+// call other than dev_pre_save and dev_subsection_needed, on every host
+// function call (log aside) made by any export, those two included, and on
+// every WriteMemory. Two equal readings bracket a stretch in which the
+// device's saved state cannot have changed, provided its save hooks are
+// idempotent (the ABI's rule): a hook that asks the host anything moves
+// the count, so its answer is never reused.
+func (i *Instance) StateChanges() uint64 {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.changes
 }
 
 // MemorySize returns the current size of the plugin's linear memory.
@@ -612,6 +632,9 @@ func (i *Instance) callLocked(ex export) error {
 	}
 	i.current = ex
 	i.callErr = ""
+	if ex != exPreSave && ex != exSubsectionNeeded {
+		i.changes++
+	}
 	if i.fuel != nil {
 		i.fuel.Set(i.budget(ex))
 	}

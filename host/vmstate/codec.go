@@ -15,14 +15,34 @@ type sectionState struct {
 }
 
 // encodeDevice runs the device's PreSave hook and appends its section body
-// (fields, then needed subsections) to dst.
+// (fields, then needed subsections) to dst. A device whose hooks count its
+// changes (ChangeCounter) and that did not change since its last encoding
+// gets that body again, without its hooks: they would find the same state
+// and answer the same (hooks are idempotent, and one that asks the outside
+// world moves the count).
 func (e *entry) encodeDevice(dst []byte) ([]byte, *sectionState, error) {
+	cc, counts := e.dev.Hooks.(ChangeCounter)
+	var before uint64
+	if counts {
+		before = cc.StateChanges()
+		if s := e.saved; s != nil && s.changes == before {
+			return append(dst, s.body...), s.st, nil
+		}
+	}
+	e.saved = nil
+	start := len(dst)
 	if e.dev.Hooks != nil {
 		if err := e.dev.Hooks.PreSave(); err != nil {
 			return dst, nil, fmt.Errorf("pre-save: %w", err)
 		}
 	}
-	return e.encodeSection(dst, e.plan)
+	dst, st, err := e.encodeSection(dst, e.plan)
+	if err == nil && counts && cc.StateChanges() == before {
+		// Nothing reached the device while it was read: the body is its
+		// state as of now, and stays so until the count moves.
+		e.saved = &savedBody{changes: before, body: append([]byte(nil), dst[start:]...), st: st}
+	}
+	return dst, st, err
 }
 
 func (e *entry) encodeSection(dst []byte, p *plan) ([]byte, *sectionState, error) {

@@ -624,15 +624,22 @@ func TestLiveMigrationCancelInEveryState(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		g.Continue(migration.StatusPreSwitchover)
 		waitMigStatus(t, g, migration.StatusDevice)
+		// In device the source gives its disk up (right after entering
+		// it; a busy host may take a moment) and stays there, blocked on
+		// the sockets.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			im, err := blockdev.Open(img, blockdev.Options{Owner: "probe"})
+			if err == nil {
+				im.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("in device state the source still owns the disk: %v", err)
+			}
+		}
 		time.Sleep(50 * time.Millisecond)
 		if g.Status() != migration.StatusDevice {
 			t.Fatalf("left device: %s", g.Status())
-		}
-		// In device the source gave its disk up.
-		if im, err := blockdev.Open(img, blockdev.Options{Owner: "probe"}); err != nil {
-			t.Fatalf("in device state the source still owns the disk: %v", err)
-		} else {
-			im.Close()
 		}
 		g.Cancel()
 		if info := waitStatus(t, g); info.Status != migration.StatusCancelled {

@@ -145,6 +145,10 @@ type State struct {
 	PropEnabled uint64
 	PropExtra   uint64
 	Label       [32]byte
+	// SaveAsksClock makes dev_pre_save read the host clock (a hook that
+	// consults the outside world).
+	SaveAsksClock uint32
+	SaveClock     uint64
 }
 
 // S is the one device state; globals do not move in Go's wasm heap.
@@ -295,6 +299,8 @@ func defaultMMIOWrite(region int32, off int64, size int32, v int64) {
 		S.Counter++
 	case off == 0x100:
 		S.GPA = uint64(v)
+	case off == 0x528:
+		S.SaveAsksClock = uint32(v)
 	case off == 0x108:
 		S.Len = uint32(v)
 		S.LastStatus = int64(guestRead(S.GPA, bytesPtr(S.Scratch[:]), S.Len))
@@ -440,7 +446,13 @@ func devPIORead(region, off, size int32) int32 { return PIORead(region, off, siz
 func devPIOWrite(region, off, size, v int32) { PIOWrite(region, off, size, v) }
 
 //go:wasmexport dev_pre_save
-func devPreSave() int32 { S.Saves++; return 0 }
+func devPreSave() int32 {
+	S.Saves++
+	if S.SaveAsksClock != 0 {
+		S.SaveClock = clockNS()
+	}
+	return 0
+}
 
 //go:wasmexport dev_post_load
 func devPostLoad(v int32) int32 { S.LoadedVer = uint32(v); return 0 }
