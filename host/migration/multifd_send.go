@@ -189,10 +189,11 @@ func (o *multifdOut) sync(final bool) error {
 	return nil
 }
 
-// limitOff lets the switchover send at full speed.
-func (o *multifdOut) limitOff() {
+// setLimitOff lets the channels send at full speed (true: the switchover,
+// or a full-speed pass before it) or paces them again (false).
+func (o *multifdOut) setLimitOff(off bool) {
 	o.limMu.Lock()
-	o.lim.off = true
+	o.lim.off = off
 	o.limMu.Unlock()
 }
 

@@ -42,6 +42,10 @@ import (
 //     max-bandwidth imposed, since the switchover is not rate limited; a
 //     guest whose dirty set still shrinks keeps iterating towards a short
 //     pause (readyToSwitch).
+//   - Under max-bandwidth, the bytes QEMU would send unpaced inside the
+//     pause (at most max-bandwidth × downtime-limit) go unpaced in one
+//     last pass while the guest still runs; the pause carries only what
+//     that pass left dirty.
 //
 // With the multifd capability (off by default, as in QEMU) the pages go over
 // multifd-channels parallel connections and the main channel carries only
@@ -265,6 +269,8 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 	p.freshChunks = true
 	p.lastSync = time.Now()
 	prevRemaining := int64(pending) * vmstate.PageSize
+	burst := false // the pass being sent goes at full speed (see below)
+passes:
 	for {
 		passStart, bytes0, slept0 := time.Now(), p.sentBytes(), p.slept()
 		if _, err := p.sendDirty(passStart.Add(syncPeriod)); err != nil {
@@ -301,11 +307,37 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		}
 		pass := g.ram.DirtySyncCount
 		limit := time.Duration(g.params.DowntimeLimit) * time.Millisecond
+		maxBandwidth := g.params.MaxBandwidth
 		autoConverge := g.caps.AutoConverge
 		g.mu.Unlock()
 		g.emitPass(pass)
-		if p.readyToSwitch(expected, limit, remaining, prevRemaining) {
-			break
+		// max-bandwidth, not the link, bounds the passes.
+		limited := maxBandwidth > 0 && p.bandwidth > 1.1*float64(maxBandwidth)
+		switch {
+		case burst:
+			// The pass just sent went at full speed: stop the guest
+			// unless it left more than the limit allows.
+			if expected <= limit-limit/8 {
+				break passes
+			}
+			burst = false
+			p.limiterOff(false)
+		case limited:
+			// Paced by max-bandwidth. QEMU switches over once the rest
+			// would go within downtime-limit at the paced rate, and sends
+			// it at full speed in the pause: at most max-bandwidth ×
+			// downtime-limit bytes unpaced. The same bytes go here, at
+			// full speed too, but in one pass while the guest still runs,
+			// and only what that pass leaves dirty waits for the pause.
+			if float64(remaining) <= float64(maxBandwidth)*limit.Seconds() && expected <= limit-limit/8 {
+				g.log.Debug("full-speed pass", "remaining", remaining)
+				burst = true
+				p.limiterOff(true)
+			}
+		default:
+			if p.readyToSwitch(expected, limit, remaining, prevRemaining) {
+				break passes
+			}
 		}
 		prevRemaining = remaining
 		if autoConverge {
@@ -314,6 +346,16 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 		p.lastSync, p.lastSyncBytes = time.Now(), p.sentBytes()
 	}
 	return p.switchover()
+}
+
+// limiterOff stops pacing the pages to max-bandwidth (true) or paces them
+// again (false).
+func (p *precopy) limiterOff(off bool) {
+	if p.mf != nil {
+		p.mf.setLimitOff(off)
+		return
+	}
+	p.sw.lim.off = off
 }
 
 // sentBytes counts the bytes sent on every channel.
@@ -561,10 +603,7 @@ func (p *precopy) switchover() (bool, machine.RunState, []ownedDisk, error) {
 	if err != nil {
 		return false, "", nil, fmt.Errorf("stop the guest: %w", err)
 	}
-	p.sw.lim.off = true
-	if p.mf != nil {
-		p.mf.limitOff()
-	}
+	p.limiterOff(true)
 	if g.capabilities().PauseBeforeSwitchover {
 		g.setStatus(StatusPreSwitchover)
 		if err := g.waitContinue(p.ctx); err != nil {
