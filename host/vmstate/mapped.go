@@ -406,6 +406,11 @@ func (l *loader) mappedJob(j *mappedJob) error {
 		zeroRange(b, mem)
 		return nil
 	}
+	// Fault the run in writable first (MADV_POPULATE_WRITE, a hint: an
+	// older kernel only loses the speed-up): on this host two readers
+	// whose preads take the first-touch faults themselves were slower
+	// than one, while populate-then-pread on each was the fastest.
+	_ = unix.Madvise(mem, unix.MADV_POPULATE_WRITE)
 	at := j.plan.pagesOff + int64(j.off)
 	for done := 0; done < len(mem); {
 		n, err := l.opt.MappedRAM.File.ReadAt(mem[done:], at+int64(done))
