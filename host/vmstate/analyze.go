@@ -85,19 +85,26 @@ func tailVMDesc(rs io.ReadSeeker, start int64) ([]byte, int64, error) {
 	if size < 0 {
 		return nil, 0, nil
 	}
-	tailLen := min(size, int64(MaxVMDescLen+6))
-	if _, err := rs.Seek(end-tailLen, io.SeekStart); err != nil {
-		return nil, 0, fmt.Errorf("seek: %w", err)
+	// A vmdesc is usually tens of KiB: look in a short tail first, and in
+	// the longest one allowed only when it holds none. A match in the short
+	// tail is the one the long tail would give (the nearest to the end).
+	for _, n := range []int64{256 << 10, MaxVMDescLen + 6} {
+		tailLen := min(size, n)
+		if _, err := rs.Seek(end-tailLen, io.SeekStart); err != nil {
+			return nil, 0, fmt.Errorf("seek: %w", err)
+		}
+		tail := make([]byte, tailLen)
+		if _, err := io.ReadFull(rs, tail); err != nil {
+			return nil, 0, fmt.Errorf("read the tail: %w", err)
+		}
+		if js, at := findVMDesc(tail); js != nil {
+			return js, size - tailLen + int64(at), nil
+		}
+		if tailLen == size {
+			break
+		}
 	}
-	tail := make([]byte, tailLen)
-	if _, err := io.ReadFull(rs, tail); err != nil {
-		return nil, 0, fmt.Errorf("read the tail: %w", err)
-	}
-	js, at := findVMDesc(tail)
-	if js == nil {
-		return nil, 0, nil
-	}
-	return js, size - tailLen + int64(at), nil
+	return nil, 0, nil
 }
 
 // findVMDesc finds "0x00 0x06 be32-length JSON" ending exactly at the end
