@@ -293,3 +293,48 @@ func TestMappedRAMThroughQMPAndIncomingProcess(t *testing.T) {
 		t.Fatalf("numbering does not continue: %q missing", want)
 	}
 }
+
+// TestMappedRAMAtAFileOffset writes the snapshot after other data in the
+// file (file:PATH,offset=N): the header offsets are file offsets, and the
+// restore at the same offset gets every page back.
+func TestMappedRAMAtAFileOffset(t *testing.T) {
+	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+	src.M.Start(false)
+	waitPasses(t, src, 2)
+	const offset = 12345
+	path := filepath.Join(t.TempDir(), "with-prefix.bin")
+	prefix := bytes.Repeat([]byte("other data "), offset/11+1)[:offset]
+	if err := os.WriteFile(path, prefix, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ch := migration.Channel{Type: "main", Transport: "file", Path: path, Offset: offset}
+	g := mappedMigrator(t, src)
+	if err := g.Start(ch); err != nil {
+		t.Fatal(err)
+	}
+	if info := waitStatus(t, g); info.Status != migration.StatusCompleted {
+		t.Fatalf("snapshot %s: %s", info.Status, info.ErrorDesc)
+	}
+	saved, err := dirtycheck.Check(src.M.Memory(), dirtyStart, dirtyEnd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(data[:offset], prefix) {
+		t.Fatalf("the data before the offset changed (%v)", err)
+	}
+	dst := harness.NewMachine(t, harness.MachineOptions{NoBoot: true})
+	dst.M.StartIncoming()
+	if err := mappedMigrator(t, dst).Incoming(context.Background(), ch); err != nil {
+		t.Fatal(err)
+	}
+	got, err := dirtycheck.Check(dst.M.Memory(), dirtyStart, dirtyEnd)
+	if err != nil || got != saved {
+		t.Fatalf("restored pattern %+v, saved %+v (%v)", got, saved, err)
+	}
+	for i, b := range src.M.Memory().Blocks() {
+		if !bytes.Equal(b.Mem, dst.M.Memory().Blocks()[i].Mem) {
+			t.Fatalf("block %s differs", b.Name)
+		}
+	}
+}
