@@ -20,6 +20,10 @@ var errNotSeekable = errors.New("Migration requires seekable transport (e.g. fil
 // of them do, as QEMU's multifd threads do).
 const mappedRAMWorkers = 2
 
+// mappedSaveWorkers is how many goroutines scan guest RAM for non-zero
+// pages and write them in a mapped-ram save.
+const mappedSaveWorkers = 2
+
 // ctxFile is the snapshot file of a mapped-ram save: pages go to it with
 // WriteAt, which fails once ctx is done so that a cancelled save stops.
 type ctxFile struct {
@@ -59,6 +63,7 @@ func (g *Migrator) writeMappedFile(ctx context.Context, ch Channel, reg *vmstate
 	if err != nil {
 		return err
 	}
+	w.MappedWorkers = mappedSaveWorkers
 	stats, err := w.RAMMapped(m.Memory().Blocks())
 	if err != nil {
 		return err

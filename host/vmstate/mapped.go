@@ -48,6 +48,10 @@ const (
 	maxCapabilities = 64
 )
 
+// mappedSaveChunk is the share of a block a saving worker takes at a time
+// (a multiple of 64 pages, so that workers set distinct bitmap words).
+const mappedSaveChunk = 8 << 20
+
 // MappedFile is the file a mapped-ram stream goes to: pages and bitmaps are
 // written at their offsets (pwrite), and the stream moves past each pages
 // region with Seek.
@@ -165,33 +169,68 @@ func (w *Writer) mappedBlock(blk *guestmem.Block, st *RAMStats) {
 		return
 	}
 	bitmap := make([]uint64, (pages+63)/64)
-	// Runs of non-zero pages go to the file with one pwrite each, at most
-	// maxRun bytes at a time.
-	const maxRun = 64 << 20
-	var runStart, runEnd uint64
-	flush := func() {
-		if runEnd > runStart && w.err == nil {
-			if _, err := w.mapped.WriteAt(blk.Mem[runStart:runEnd], pagesOff+int64(runStart)); err != nil {
-				w.err = fmt.Errorf("vmstate writer: RAM block %q: write pages at file offset %#x: %w", blk.Name, pagesOff+int64(runStart), err)
+	// The block is cut in chunks of whole bitmap words that the workers
+	// take in turn: each finds the non-zero pages of its chunk, sets their
+	// bits and writes each run of them with one pwrite.
+	const chunkPages = mappedSaveChunk / PageSize
+	var (
+		nextChunk     atomic.Uint64
+		nPages, nZero atomic.Uint64
+		errOnce       sync.Once
+		failed        atomic.Bool
+		wg            sync.WaitGroup
+	)
+	worker := func() {
+		defer wg.Done()
+		for !failed.Load() {
+			first := nextChunk.Add(chunkPages) - chunkPages
+			if first >= pages {
+				return
 			}
+			last := min(first+chunkPages, pages)
+			var runStart, runEnd uint64
+			flush := func() error {
+				if runEnd > runStart {
+					if _, err := w.mapped.WriteAt(blk.Mem[runStart:runEnd], pagesOff+int64(runStart)); err != nil {
+						return fmt.Errorf("vmstate writer: RAM block %q: write pages at file offset %#x: %w", blk.Name, pagesOff+int64(runStart), err)
+					}
+				}
+				return nil
+			}
+			var present uint64
+			for p := first; p < last; p++ {
+				off := p * PageSize
+				if bytes.Equal(blk.Mem[off:off+PageSize], zeroPage[:]) {
+					continue
+				}
+				present++
+				bitmap[p/64] |= 1 << (p % 64)
+				if runEnd != off {
+					if err := flush(); err != nil {
+						errOnce.Do(func() { w.err = err })
+						failed.Store(true)
+						return
+					}
+					runStart = off
+				}
+				runEnd = off + PageSize
+			}
+			if err := flush(); err != nil {
+				errOnce.Do(func() { w.err = err })
+				failed.Store(true)
+				return
+			}
+			nPages.Add(present)
+			nZero.Add(last - first - present)
 		}
-		runStart, runEnd = 0, 0
 	}
-	for p := uint64(0); p < pages && w.err == nil; p++ {
-		off := p * PageSize
-		if bytes.Equal(blk.Mem[off:off+PageSize], zeroPage[:]) {
-			st.ZeroPages++
-			continue
-		}
-		st.Pages++
-		bitmap[p/64] |= 1 << (p % 64)
-		if runEnd != off || runEnd-runStart >= maxRun {
-			flush()
-			runStart = off
-		}
-		runEnd = off + PageSize
+	for range max(w.MappedWorkers, 1) {
+		wg.Add(1)
+		go worker()
 	}
-	flush()
+	wg.Wait()
+	st.Pages += nPages.Load()
+	st.ZeroPages += nZero.Load()
 	if w.err != nil {
 		return
 	}

@@ -51,6 +51,7 @@ func writeMappedAligned(t testing.TB, blocks []*guestmem.Block, reg *Registry, p
 		t.Fatal(err)
 	}
 	w.align = align
+	w.MappedWorkers = 1 + prefix%2 // both the one- and the two-worker save
 	st, err := w.RAMMapped(blocks)
 	if err != nil {
 		t.Fatal(err)

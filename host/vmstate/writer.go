@@ -47,6 +47,10 @@ type Writer struct {
 	base   int64
 	align  int64 // where pages regions start; 0 is MappedRAMAlign (tests make compact files)
 
+	// MappedWorkers is the number of goroutines RAMMapped scans and
+	// writes pages with (0 and 1: one).
+	MappedWorkers int
+
 	// SuppressVMDesc ends the stream right after EOF, without the JSON
 	// vmdesc (QEMU's suppress-vmdesc): a reader loads it with
 	// LoadOptions.AllowMissingVMDesc. cpr-transfer sets it, since its
