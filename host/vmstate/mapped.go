@@ -267,7 +267,7 @@ type MappedRAM struct {
 	Workers int
 }
 
-// mappedBlock is a validated block of a mapped-ram stream, loaded after
+// mappedPlan is a validated block of a mapped-ram stream, loaded after
 // the whole stream was checked.
 type mappedPlan struct {
 	b        *guestmem.Block
