@@ -34,6 +34,13 @@ func (g *Migrator) StartChannels(chs []Channel) error {
 	if g.HandedOver() {
 		return errHandedOver
 	}
+	if g.capabilities().MappedRAM {
+		for _, ch := range chs {
+			if ch.Type == "main" && ch.Transport != "file" {
+				return errNotSeekable
+			}
+		}
+	}
 	if g.Parameters().Mode == ModeCPRTransfer {
 		return g.startCPR(chs) // cpr.go
 	}
@@ -63,6 +70,9 @@ func (g *Migrator) StartChannels(chs []Channel) error {
 func (g *Migrator) Start(ch Channel) error {
 	if g.HandedOver() {
 		return errHandedOver
+	}
+	if g.capabilities().MappedRAM && ch.Transport != "file" {
+		return errNotSeekable
 	}
 	mode := g.Parameters().Mode
 	if mode == ModeCPRTransfer {
@@ -143,6 +153,9 @@ func (g *Migrator) writeFile(ctx context.Context, ch Channel, prev machine.RunSt
 	reg, err := buildRegistry(m, host)
 	if err != nil {
 		return err
+	}
+	if g.capabilities().MappedRAM {
+		return g.writeMappedFile(ctx, ch, reg)
 	}
 	f, err := os.OpenFile(ch.Path, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
@@ -249,6 +262,9 @@ func (g *Migrator) Incoming(ctx context.Context, ch Channel) error {
 	if st, _ := m.State(); st != machine.StateInMigrate {
 		return fmt.Errorf("incoming migration: the machine is %s, not inmigrate", st)
 	}
+	if g.capabilities().MappedRAM && ch.Transport != "file" {
+		return errNotSeekable
+	}
 	if socketChannel(ch) {
 		res, err := g.ListenIncoming(ctx, ch)
 		if err != nil {
@@ -291,7 +307,16 @@ func (g *Migrator) loadFile(ch Channel) error {
 		return err
 	}
 	opt := vmstate.LoadOptions{Machine: g.cfg.MachineType, Blocks: m.Memory().Blocks(), Registry: reg}
-	res, mapped, err := loadMapped(f, ch.Offset, opt)
+	var (
+		res    *vmstate.LoadResult
+		mapped bool
+	)
+	if g.capabilities().MappedRAM {
+		res, err = g.loadMappedRAM(f, ch.Offset, opt)
+		mapped = true
+	} else {
+		res, mapped, err = loadMapped(f, ch.Offset, opt)
+	}
 	if !mapped {
 		var r io.Reader = f
 		if ch.Offset != 0 {

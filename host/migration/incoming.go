@@ -42,6 +42,9 @@ func (g *Migrator) listenIncoming(ch Channel, what string) (listener, error) {
 // returned; the load's outcome arrives on the returned channel (and in
 // query-migrate). The machine must be in inmigrate.
 func (g *Migrator) ListenIncoming(ctx context.Context, ch Channel) (<-chan error, error) {
+	if g.capabilities().MappedRAM {
+		return nil, errNotSeekable
+	}
 	ln, err := g.listenIncoming(ch, "incoming migration")
 	if err != nil {
 		return nil, err

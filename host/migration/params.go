@@ -105,6 +105,11 @@ type Capabilities struct {
 	// migration with the schema check and the destination's completion
 	// verdict; off, the socket carries the plain QEMU stream.
 	Preflight bool `json:"x-preflight"`
+	// MappedRAM (off by default, as in QEMU) writes a file: snapshot in
+	// QEMU's mapped-ram layout: every page at a fixed offset of the file,
+	// written and read straight from and to guest memory (mapped.go). It
+	// needs a file: URI, and the destination must have it on too.
+	MappedRAM bool `json:"mapped-ram"`
 }
 
 // CapabilityState is one entry of migrate-set-capabilities and
@@ -121,6 +126,7 @@ func (g *Migrator) QueryCapabilities() []CapabilityState {
 	return []CapabilityState{
 		{"events", g.caps.Events}, {"auto-converge", g.caps.AutoConverge}, {"multifd", g.caps.Multifd},
 		{"pause-before-switchover", g.caps.PauseBeforeSwitchover}, {"x-preflight", g.caps.Preflight},
+		{"mapped-ram", g.caps.MappedRAM},
 	}
 }
 
@@ -145,6 +151,8 @@ func (g *Migrator) SetCapabilities(list []CapabilityState) error {
 			c.PauseBeforeSwitchover = e.State
 		case "x-preflight":
 			c.Preflight = e.State
+		case "mapped-ram":
+			c.MappedRAM = e.State
 		default:
 			return fmt.Errorf("Parameter 'capability' does not accept value '%s'", e.Capability)
 		}

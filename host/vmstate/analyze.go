@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"strings"
 )
 
@@ -84,19 +85,26 @@ func tailVMDesc(rs io.ReadSeeker, start int64) ([]byte, int64, error) {
 	if size < 0 {
 		return nil, 0, nil
 	}
-	tailLen := min(size, int64(MaxVMDescLen+6))
-	if _, err := rs.Seek(end-tailLen, io.SeekStart); err != nil {
-		return nil, 0, fmt.Errorf("seek: %w", err)
+	// A vmdesc is usually tens of KiB: look in a short tail first, and in
+	// the longest one allowed only when it holds none. A match in the short
+	// tail is the one the long tail would give (the nearest to the end).
+	for _, n := range []int64{256 << 10, MaxVMDescLen + 6} {
+		tailLen := min(size, n)
+		if _, err := rs.Seek(end-tailLen, io.SeekStart); err != nil {
+			return nil, 0, fmt.Errorf("seek: %w", err)
+		}
+		tail := make([]byte, tailLen)
+		if _, err := io.ReadFull(rs, tail); err != nil {
+			return nil, 0, fmt.Errorf("read the tail: %w", err)
+		}
+		if js, at := findVMDesc(tail); js != nil {
+			return js, size - tailLen + int64(at), nil
+		}
+		if tailLen == size {
+			break
+		}
 	}
-	tail := make([]byte, tailLen)
-	if _, err := io.ReadFull(rs, tail); err != nil {
-		return nil, 0, fmt.Errorf("read the tail: %w", err)
-	}
-	js, at := findVMDesc(tail)
-	if js == nil {
-		return nil, 0, nil
-	}
-	return js, size - tailLen + int64(at), nil
+	return nil, 0, nil
 }
 
 // findVMDesc finds "0x00 0x06 be32-length JSON" ending exactly at the end
@@ -129,6 +137,10 @@ type analyzer struct {
 	out         *Analysis
 	ramSections map[uint32]*ramSummary
 	values      int
+	// mapped is set when the configuration names the mapped-ram
+	// capability: each block in the list is followed by its header, and
+	// the stream goes on after the block's pages region.
+	mapped bool
 }
 
 func (a *analyzer) run() error {
@@ -247,6 +259,9 @@ func (a *analyzer) configuration(off int64) error {
 		if err := a.subsections(obj, c, w); err != nil {
 			return err
 		}
+		if caps, ok := obj.Get(capabilitiesName); ok {
+			a.mapped = namesCapability(caps, MappedRAMCapability)
+		}
 	}
 	a.out.State.Set(configurationName, obj)
 	return nil
@@ -286,6 +301,11 @@ func (a *analyzer) ram(rs *ramSummary, w where) error {
 				total -= n
 				rs.sizes.Set(name, fmt.Sprintf("0x%016x", n))
 				rs.blockSizes[name] = n
+				if a.mapped {
+					if err := a.mappedBlock(rs, name, n, w); err != nil {
+						return err
+					}
+				}
 			}
 			flags &^= RAMFlagMemSize
 		}
@@ -469,4 +489,103 @@ func spaced(b []byte) string {
 		out = append(out, hexdig[c>>4], hexdig[c&15])
 	}
 	return string(out)
+}
+
+// namesCapability reports whether a decoded capabilities subsection (or
+// any value inside it) is the string name.
+func namesCapability(v any, name string) bool {
+	switch x := v.(type) {
+	case string:
+		return x == name
+	case *Object:
+		for _, k := range x.keys {
+			if namesCapability(x.vals[k], name) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if namesCapability(e, name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// mappedBlock reads a block's mapped-ram header, counts the pages its
+// bitmap marks present (the rest are zero pages), records the layout under
+// "mapped-ram" and moves past the pages region.
+func (a *analyzer) mappedBlock(rs *ramSummary, name string, size uint64, w where) error {
+	off := a.r.off
+	var h [MappedRAMHeaderLen]byte
+	if err := a.r.full(h[:]); err != nil {
+		return w.wrap(off, fmt.Errorf("RAM block %q: mapped-ram header: %w", name, err))
+	}
+	pageSize := binary.BigEndian.Uint64(h[4:])
+	bitmapOff := binary.BigEndian.Uint64(h[12:])
+	pagesOff := binary.BigEndian.Uint64(h[20:])
+	if pageSize == 0 || pageSize&(pageSize-1) != 0 || pageSize > 1<<30 || size%pageSize != 0 {
+		return w.err(off+4, "RAM block %q: mapped-ram page size %d", name, pageSize)
+	}
+	// The header's offsets are file offsets; the stream's first byte is at
+	// the reader's base.
+	base := uint64(a.r.base)
+	pages := size / pageSize
+	if bitmapOff < base || pagesOff < base || pagesOff > 1<<62 || pages > 1<<40 {
+		return w.err(off+12, "RAM block %q: bitmap at %#x, pages at %#x, before the stream or out of range", name, bitmapOff, pagesOff)
+	}
+	bm, err := a.readAt(int64(bitmapOff-base), int64((pages+63)/64*8))
+	if err != nil {
+		return w.err(off+12, "RAM block %q: read the bitmap at file offset %#x: %v", name, bitmapOff, err)
+	}
+	var present uint64
+	for i := 0; i+8 <= len(bm); i += 8 {
+		present += uint64(bits.OnesCount64(binary.LittleEndian.Uint64(bm[i:])))
+	}
+	present = min(present, pages)
+	rs.pages += present
+	rs.zeroPages += pages - present
+	m, _ := rs.obj.Get("mapped-ram")
+	mo, ok := m.(*Object)
+	if !ok {
+		mo = NewObject()
+		rs.obj.Set("mapped-ram", mo)
+	}
+	bo := NewObject()
+	bo.Set("version", binary.BigEndian.Uint32(h[0:]))
+	bo.Set("page_size", pageSize)
+	bo.Set("bitmap_offset", fmt.Sprintf("0x%x", bitmapOff))
+	bo.Set("pages_offset", fmt.Sprintf("0x%x", pagesOff))
+	bo.Set("pages present", present)
+	mo.Set(name, bo)
+	if err := a.r.seekTo(int64(pagesOff - base + size)); err != nil {
+		return w.wrap(off+20, fmt.Errorf("RAM block %q: the stream after the pages region: %w", name, err))
+	}
+	return nil
+}
+
+// readAt reads n bytes at stream offset off without moving the stream.
+func (a *analyzer) readAt(off, n int64) ([]byte, error) {
+	if a.r.rs == nil {
+		return nil, errors.New("the stream cannot seek")
+	}
+	end, err := a.r.rs.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 || a.r.base+off > end || end-(a.r.base+off) < n {
+		return nil, fmt.Errorf("%w: %d bytes at %#x are past the end", ErrTruncated, n, a.r.base+off)
+	}
+	buf := make([]byte, n)
+	if _, err := a.r.rs.Seek(a.r.base+off, io.SeekStart); err != nil {
+		return nil, err
+	}
+	_, err = io.ReadFull(a.r.rs, buf)
+	// Put the reader back where the buffered stream expects it.
+	if _, serr := a.r.rs.Seek(a.r.base+a.r.off, io.SeekStart); serr != nil && err == nil {
+		err = serr
+	}
+	a.r.br.Reset(a.r.rs)
+	return buf, err
 }

@@ -36,6 +36,11 @@ type LoadOptions struct {
 	// RAMEnded, when set, is called once the RAM section's END is read:
 	// in a live migration the source has stopped its guest by then.
 	RAMEnded func()
+	// MappedRAM, when set, loads a stream written with the mapped-ram
+	// capability (mapped.go): the pages are read from the file only after
+	// the whole stream was checked, so a bad file leaves guest RAM and the
+	// devices untouched. Nil refuses such a stream.
+	MappedRAM *MappedRAM
 }
 
 // LoadResult tells what a successful Load did.
@@ -80,6 +85,11 @@ type loader struct {
 	// calling scan for each PAGE record instead of copying the page, and
 	// stops after the RAM section's END (ScanRAM).
 	scan func(b *guestmem.Block, addr uint64) bool
+
+	// streamMapped is set when the configuration names the mapped-ram
+	// capability; mapped lists its validated blocks (mapped.go).
+	streamMapped bool
+	mapped       []mappedPlan
 
 	// pre is the source's vmdesc, read ahead from the end of a seekable
 	// stream, so that a layout difference is reported at the field that
@@ -150,6 +160,11 @@ func load(r *streamReader, pre *descRoot, opt LoadOptions) (*LoadResult, error) 
 	l.pre = pre
 	if err := l.run(); err != nil {
 		return nil, err
+	}
+	if len(l.mapped) > 0 {
+		if err := l.loadMapped(); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.apply(); err != nil {
 		return nil, err
@@ -229,10 +244,19 @@ func (l *loader) configuration(off int64) error {
 		return w.err(off+5, "machine type %q in the stream, this machine is %q", name, l.opt.Machine)
 	}
 	if pk := l.r.peek(2); len(pk) == 2 && pk[0] == SectionSubsection {
-		name := l.r.peek(2 + int(pk[1]))[2:] // the peeks share a buffer: slice the second only
-		return w.err(l.r.off, "configuration subsection %q (target page bits, capabilities or uuid) is not supported", name)
+		hdr := l.r.peek(2 + int(pk[1])) // the peeks share a buffer: slice the second only
+		if string(hdr[2:]) == capabilitiesName {
+			if err := l.capabilities(l.r.off, len(hdr)); err != nil {
+				return err
+			}
+		} else {
+			return w.err(l.r.off, "configuration subsection %q (target page bits or uuid) is not supported", hdr[2:])
+		}
+		if pk := l.r.peek(1); len(pk) == 1 && pk[0] == SectionSubsection {
+			return w.err(l.r.off, "configuration subsection after the capabilities (target page bits or uuid) is not supported")
+		}
 	}
-	return nil
+	return l.checkMappedCapability(off)
 }
 
 func (l *loader) command(off int64) error {
@@ -348,6 +372,9 @@ func (l *loader) ramStart(off int64, id, version uint32, w where) error {
 	if len(l.opt.Blocks) == 0 {
 		return w.err(off, "the stream carries RAM, but this load has no RAM blocks to fill (cpr-transfer keeps RAM in place)")
 	}
+	if l.opt.MappedRAM != nil && !l.streamMapped {
+		return w.err(off, "capability %q is on here, but the stream was written without it", MappedRAMCapability)
+	}
 	l.ramID = int64(id)
 	l.ramState = 1
 	if err := l.ramRecords(w, true); err != nil {
@@ -386,6 +413,9 @@ func (l *loader) ramRecords(w where, start bool) error {
 			}
 			listed = true
 		case RAMFlagZero, RAMFlagPage:
+			if l.streamMapped {
+				return w.err(off, "page record in a mapped-ram stream (its pages are in the file's pages regions)")
+			}
 			if start && !listed {
 				return w.err(off, "page record before the MEM_SIZE block list")
 			}
@@ -429,6 +459,11 @@ func (l *loader) ramBlockList(total uint64, w where) error {
 			return w.err(off, "RAM block sizes exceed the announced total")
 		}
 		total -= size
+		if l.streamMapped {
+			if err := l.mappedHeader(b, w); err != nil {
+				return err
+			}
+		}
 	}
 	for _, b := range l.opt.Blocks {
 		if !seen[b.Name] {

@@ -15,10 +15,22 @@ type streamReader struct {
 	br  *bufio.Reader
 	mem []byte // the whole stream when in memory; br is nil then
 	off int64
+
+	// rs and base, for a seekable stream read through br: the reader and
+	// its position at the stream's first byte, so that seekTo can jump
+	// over a mapped-ram pages region instead of reading it.
+	rs   io.ReadSeeker
+	base int64
 }
 
 func newStreamReader(r io.Reader) *streamReader {
-	return &streamReader{br: bufio.NewReaderSize(r, 256<<10)}
+	sr := &streamReader{br: bufio.NewReaderSize(r, 256<<10)}
+	if rs, ok := r.(io.ReadSeeker); ok {
+		if pos, err := rs.Seek(0, io.SeekCurrent); err == nil {
+			sr.rs, sr.base = rs, pos
+		}
+	}
+	return sr
 }
 
 func newMemReader(b []byte) *streamReader {
@@ -156,4 +168,31 @@ func (r *streamReader) skip(n int64) (int64, error) {
 		return int64(d), fmt.Errorf("read: %w", err)
 	}
 	return int64(d), nil
+}
+
+// seekTo moves the read position forward to stream offset off (a mapped-ram
+// stream continues after a block's pages region). An in-memory stream
+// fails with ErrTruncated past its end; a stream read through a reader
+// needs one that can seek.
+func (r *streamReader) seekTo(off int64) error {
+	if off < r.off {
+		return fmt.Errorf("cannot seek back from %#x to %#x", r.off, off)
+	}
+	if r.br == nil {
+		if off > int64(len(r.mem)) {
+			return fmt.Errorf("%w: offset %#x is past the stream's end (%#x bytes)", ErrTruncated, off, len(r.mem))
+		}
+		r.off = off
+		return nil
+	}
+	if r.rs == nil {
+		_, err := r.skip(off - r.off)
+		return err
+	}
+	if _, err := r.rs.Seek(r.base+off, io.SeekStart); err != nil {
+		return fmt.Errorf("seek to %#x: %w", off, err)
+	}
+	r.br.Reset(r.rs)
+	r.off = off
+	return nil
 }

@@ -40,6 +40,17 @@ type Writer struct {
 	ramState  int // 0 none, 1 started, 2 ended
 	hdr       []byte
 
+	// caps are the capabilities named in the configuration section;
+	// mapped and base are set by NewMappedWriter (mapped.go).
+	caps   []string
+	mapped MappedFile
+	base   int64
+	align  int64 // where pages regions start; 0 is MappedRAMAlign (tests make compact files)
+
+	// MappedWorkers is the number of goroutines RAMMapped scans and
+	// writes pages with (0 and 1: one).
+	MappedWorkers int
+
 	// SuppressVMDesc ends the stream right after EOF, without the JSON
 	// vmdesc (QEMU's suppress-vmdesc): a reader loads it with
 	// LoadOptions.AllowMissingVMDesc. cpr-transfer sets it, since its
@@ -50,15 +61,24 @@ type Writer struct {
 // NewWriter starts a stream on w: magic, version, and the configuration
 // section naming the machine type.
 func NewWriter(w io.Writer, machine string) (*Writer, error) {
+	return newWriter(w, machine, nil)
+}
+
+// newWriter is NewWriter with the capabilities subsection when caps is not
+// empty.
+func newWriter(w io.Writer, machine string, caps []string) (*Writer, error) {
 	if machine == "" || len(machine) > MaxMachineNameLen {
 		return nil, fmt.Errorf("vmstate writer: machine type name %q must have 1 to %d bytes", machine, MaxMachineNameLen)
 	}
-	wr := &Writer{bw: bufio.NewWriterSize(w, WriterBufferSize), machine: machine}
+	wr := &Writer{bw: bufio.NewWriterSize(w, WriterBufferSize), machine: machine, caps: caps}
 	b := appendBE32(nil, FileMagic)
 	b = appendBE32(b, FileVersion)
 	b = append(b, SectionConfiguration)
 	b = appendBE32(b, uint32(len(machine)))
 	b = append(b, machine...)
+	if len(caps) > 0 {
+		b = appendCapabilities(b, caps)
+	}
 	wr.write(b)
 	return wr, wr.err
 }
@@ -91,8 +111,13 @@ func (w *Writer) RAMStart(blocks []*guestmem.Block) error {
 	if w.ramState != 0 {
 		return errors.New("vmstate writer: RAM section already started")
 	}
-	var total uint64
-	seen := map[string]bool{}
+	if w.mapped != nil {
+		return errors.New("vmstate writer: a mapped-ram stream writes RAM with RAMMapped")
+	}
+	total, err := checkBlocks(blocks)
+	if err != nil {
+		return err
+	}
 	b := []byte{SectionStart}
 	b = appendBE32(b, RAMSectionID)
 	b = append(b, byte(len(RAMSectionName)))
@@ -101,20 +126,9 @@ func (w *Writer) RAMStart(blocks []*guestmem.Block) error {
 	b = appendBE32(b, RAMSectionVersion)
 	var list []byte
 	for _, blk := range blocks {
-		if blk.Name == "" || len(blk.Name) > 255 || seen[blk.Name] {
-			return fmt.Errorf("vmstate writer: RAM block name %q must be unique and have 1 to 255 bytes", blk.Name)
-		}
-		seen[blk.Name] = true
-		if blk.Size() == 0 || blk.Size()%PageSize != 0 {
-			return fmt.Errorf("vmstate writer: RAM block %q size %#x is not a positive multiple of %d", blk.Name, blk.Size(), PageSize)
-		}
-		total += blk.Size()
 		list = append(list, byte(len(blk.Name)))
 		list = append(list, blk.Name...)
 		list = appendBE64(list, blk.Size())
-	}
-	if total == 0 {
-		return errors.New("vmstate writer: no RAM blocks")
 	}
 	b = appendBE64(b, total|RAMFlagMemSize)
 	b = append(b, list...)
@@ -125,6 +139,27 @@ func (w *Writer) RAMStart(blocks []*guestmem.Block) error {
 	w.ramState = 1
 	w.lastBlock = nil
 	return w.err
+}
+
+// checkBlocks checks the blocks of a RAM section: names of 1 to 255 bytes,
+// unique, sizes positive multiples of PageSize. It returns the total size.
+func checkBlocks(blocks []*guestmem.Block) (uint64, error) {
+	var total uint64
+	seen := map[string]bool{}
+	for _, blk := range blocks {
+		if blk.Name == "" || len(blk.Name) > 255 || seen[blk.Name] {
+			return 0, fmt.Errorf("vmstate writer: RAM block name %q must be unique and have 1 to 255 bytes", blk.Name)
+		}
+		seen[blk.Name] = true
+		if blk.Size() == 0 || blk.Size()%PageSize != 0 {
+			return 0, fmt.Errorf("vmstate writer: RAM block %q size %#x is not a positive multiple of %d", blk.Name, blk.Size(), PageSize)
+		}
+		total += blk.Size()
+	}
+	if total == 0 {
+		return 0, errors.New("vmstate writer: no RAM blocks")
+	}
+	return total, nil
 }
 
 // RAMPart writes one PART section with the pages selected by dirty: one
@@ -261,6 +296,9 @@ func (w *Writer) Complete(reg *Registry) error {
 		return errors.New("vmstate writer: RAM section started but not ended")
 	}
 	root := &descRoot{Configuration: configurationDesc(w.machine), PageSize: PageSize, Devices: []*descSection{}}
+	if len(w.caps) > 0 {
+		root.Configuration.Subsections = []*descSection{capabilitiesDesc(w.caps)}
+	}
 	var body []byte
 	if reg != nil {
 		for _, e := range reg.entries {
