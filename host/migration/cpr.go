@@ -351,6 +351,15 @@ func (p *cprSource) cancelled(err error) error {
 // touch the guest again.
 func (p *cprSource) releaseDescriptors() {
 	closeIt := func(device, name string, b any) {
+		// A unix net link hands its socket path over: the new process
+		// binds there at about this time (startLinks), and a Close that
+		// removes the path could remove the new process's socket.
+		if h, ok := b.(interface{ HandOver() error }); ok {
+			if err := h.HandOver(); err != nil {
+				p.g.log.Warn("closing a handed-over backend", "device", device, "backend", name, "error", err)
+			}
+			return
+		}
 		if c, ok := b.(io.Closer); ok {
 			if err := c.Close(); err != nil {
 				p.g.log.Warn("closing a handed-over backend", "device", device, "backend", name, "error", err)

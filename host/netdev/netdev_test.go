@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -604,5 +605,87 @@ func TestUnixFrameDuringArmingIsDelivered(t *testing.T) {
 	}
 	if _, err := l.RecvSG([][]byte{buf}); err != nil {
 		t.Fatalf("the second frame: %v", err)
+	}
+}
+
+// TestUnixTakeOverWhileTheOldEndCloses forces the window of a cpr-transfer
+// hand-over on a listening link: the new process's bind finds the path in
+// use, and before it looks at the file there the old process closes its
+// end and removes its socket file. The take-over must bind anyway (a
+// failed one leaves the new process's device without a peer for good)
+// and the peer must reach it.
+func TestUnixTakeOverWhileTheOldEndCloses(t *testing.T) {
+	old, peer, path := pair(t)
+	later, err := UnixLater(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer later.Close()
+	later.afterAddrInUse = func() {
+		later.afterAddrInUse = nil
+		old.Close() // its own socket file still: removed
+		if _, err := os.Lstat(path); !os.IsNotExist(err) {
+			t.Errorf("the old end's Close left its socket file: %v", err)
+		}
+	}
+	if err := later.Start(); err != nil {
+		t.Fatalf("take-over while the old end closes: %v", err)
+	}
+	waitFor(t, "the peer on the new listener", func() bool {
+		peer.RecvSG([][]byte{make([]byte, 100)})
+		return later.Connected()
+	})
+}
+
+// TestUnixHandOverLeavesThePath: an end that hands its path over closes
+// its listener and connection but never removes the socket file, whether
+// the new process bound its own there already (which Close's check-then-
+// remove could race with) or binds later (the file is then stale and
+// replaced); the peer redials and reaches the new process either way.
+func TestUnixHandOverLeavesThePath(t *testing.T) {
+	for _, newFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("new-first=%v", newFirst), func(t *testing.T) {
+			old, peer, path := pair(t)
+			later, err := UnixLater(path, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer later.Close()
+			start := func() {
+				if err := later.Start(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if newFirst {
+				start()
+			}
+			var before unix.Stat_t
+			if err := unix.Stat(path, &before); err != nil {
+				t.Fatal(err)
+			}
+			if err := old.HandOver(); err != nil {
+				t.Fatal(err)
+			}
+			var after unix.Stat_t
+			if err := unix.Stat(path, &after); err != nil || after.Ino != before.Ino {
+				t.Fatalf("HandOver touched the socket file (inode %d before, %d after): %v", before.Ino, after.Ino, err)
+			}
+			if old.Connected() {
+				t.Fatal("HandOver kept the connection")
+			}
+			if !newFirst {
+				start()
+			}
+			waitFor(t, "the peer on the new listener", func() bool {
+				peer.RecvSG([][]byte{make([]byte, 100)})
+				return later.Connected()
+			})
+			if err := old.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(path); err != nil {
+				t.Fatalf("Close after HandOver removed the new socket file: %v", err)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"sync"
@@ -46,7 +47,15 @@ type Unix struct {
 
 	sent, received, dropped atomic.Uint64
 	started                 atomic.Bool // listening or connecting (Start)
+
+	// afterAddrInUse, set by tests only, runs in bind after a bind found
+	// the path in use and before it looks at the file there.
+	afterAddrInUse func()
 }
+
+// bindTries bounds the binds of a listening end whose path stays in use
+// (another process binding there again and again).
+const bindTries = 8
 
 func newUnix(path string, listen bool) *Unix {
 	return &Unix{
@@ -70,23 +79,36 @@ func ListenUnix(path string) (*Unix, error) {
 // bind listens on the backend's path and starts accepting. takeOver
 // replaces the socket file even while another process listens there: new
 // peers reach this listener while the other process keeps its own (and its
-// connected peer) until it closes, and that process's Close leaves the new
-// socket file alone. Anything at path other than a socket is an error.
+// connected peer) until it closes, which it does with HandOver, leaving the
+// new socket file alone. Anything at path other than a socket is an error.
 func (u *Unix) bind(takeOver bool) error {
 	path := u.path
 	addr := &net.UnixAddr{Name: path, Net: "unixpacket"}
 	ln, err := net.ListenUnix("unixpacket", addr)
-	if err != nil && errors.Is(err, unix.EADDRINUSE) {
+	// The file at path may change under us: the process this one takes
+	// the path over from may remove its socket file at any moment (its
+	// Close), so a file that is gone by the time it is looked at means
+	// "bind again", not "in use".
+retry:
+	for try := 0; err != nil && errors.Is(err, unix.EADDRINUSE) && try < bindTries; try++ {
+		if u.afterAddrInUse != nil {
+			u.afterAddrInUse()
+		}
 		if !takeOver {
 			if c, derr := net.DialUnix("unixpacket", nil, addr); derr == nil {
 				c.Close()
 				return fmt.Errorf("net backend unix-listen:%s: another process listens there", path)
 			}
 		}
-		if fi, serr := os.Lstat(path); serr == nil && fi.Mode()&os.ModeSocket != 0 {
+		fi, serr := os.Lstat(path)
+		switch {
+		case serr == nil && fi.Mode()&os.ModeSocket != 0:
 			os.Remove(path)
-			ln, err = net.ListenUnix("unixpacket", addr)
+		case errors.Is(serr, fs.ErrNotExist):
+		default:
+			break retry // not a socket: never replaced
 		}
+		ln, err = net.ListenUnix("unixpacket", addr)
 	}
 	if err != nil {
 		return fmt.Errorf("net backend unix-listen:%s: %w", path, err)
@@ -400,8 +422,22 @@ func (u *Unix) Ready() abi.BackendEvent {
 // Watch implements plugin.Watchable.
 func (u *Unix) Watch(notify func()) { u.ready.setNotify(notify) }
 
-// Close closes the connection and the listener (removing the socket file).
-func (u *Unix) Close() error {
+// Close closes the connection and the listener (removing the socket file
+// while it is still the listener's).
+func (u *Unix) Close() error { return u.close(true) }
+
+// HandOver closes the connection and the listener as Close does, but
+// leaves the socket file: another process takes the path over (a
+// listening end made with UnixLater, started) or already has. The source
+// of a cpr-transfer closes its links this way, at about the time the new
+// process binds: Close's check that the file is still its own and the
+// removal are two steps, between which the new process may have bound its
+// socket there, which Close would then remove, leaving the peer nothing
+// to redial. A file left without a listener is replaced by the next
+// listening end as a stale one.
+func (u *Unix) HandOver() error { return u.close(false) }
+
+func (u *Unix) close(unlink bool) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -413,7 +449,7 @@ func (u *Unix) Close() error {
 	if u.ln != nil {
 		err = u.ln.Close()
 		var st unix.Stat_t
-		if unix.Stat(u.path, &st) == nil && st.Dev == u.lnDev && st.Ino == u.lnIno {
+		if unlink && unix.Stat(u.path, &st) == nil && st.Dev == u.lnDev && st.Ino == u.lnIno {
 			os.Remove(u.path)
 		}
 	}
