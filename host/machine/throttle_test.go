@@ -82,6 +82,11 @@ func (r throttleRun) medianFree() float64 {
 
 func (r throttleRun) fraction(i int) float64 { return r.throttled[i] / r.medianFree() }
 
+// spread is the ratio of the fastest free window to the slowest.
+func (r throttleRun) spread() float64 {
+	return slices.Max(r.free) / max(slices.Min(r.free), 1)
+}
+
 // throttleBounds are the run fractions a throttle at pct must stay within
 // on a busy 2-CPU host: above a third of the requested (100-pct)%, and from
 // 50% on below twice it and below three quarters of the way from it to 1.
@@ -116,7 +121,22 @@ func TestThrottleSlowsTheGuest(t *testing.T) {
 		t.Fatalf("throttle off reads %d", m.Throttle())
 	}
 	pcts := []int{20, 50, 90, 99}
-	r := measureThrottle(m, sink, pcts)
+	// The free windows bracket the throttled ones; if they disagree by more
+	// than 3x, the host's load changed under the measurement (seen with
+	// other jobs on the 2 CPUs: free 250 to 3559 passes/s in one run) and
+	// no fraction means anything: measure again, up to three times, and
+	// judge the steadiest run.
+	var r throttleRun
+	for attempt := 1; attempt <= 3; attempt++ {
+		run := measureThrottle(m, sink, pcts)
+		if attempt == 1 || run.spread() < r.spread() {
+			r = run
+		}
+		if r.spread() <= 3 {
+			break
+		}
+		t.Logf("attempt %d: free passes/s %.0f vary %.1fx: the host's load changed; measuring again", attempt, run.free, run.spread())
+	}
 	t.Logf("free passes/s: %.0f (median %.0f)", r.free, r.medianFree())
 	for i, pct := range pcts {
 		got := r.fraction(i)
