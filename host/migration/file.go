@@ -157,19 +157,11 @@ func (g *Migrator) writeFile(ctx context.Context, ch Channel, prev machine.RunSt
 	if g.capabilities().MappedRAM {
 		return g.writeMappedFile(ctx, ch, reg)
 	}
-	f, err := os.OpenFile(ch.Path, os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := openSnapshotFile(ch)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", ch.Path, err)
+		return err
 	}
 	defer f.Close()
-	if ch.Offset == 0 {
-		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("truncate %s: %w", ch.Path, err)
-		}
-	}
-	if _, err := f.Seek(ch.Offset, io.SeekStart); err != nil {
-		return fmt.Errorf("seek %s: %w", ch.Path, err)
-	}
 	counter := &countingWriter{w: ctxWriter{ctx, f}}
 	bw := bufio.NewWriterSize(counter, 1<<20)
 	blocks := m.Memory().Blocks()
@@ -357,4 +349,25 @@ func (g *Migrator) enterLoadedState(src machine.RunState) error {
 	default:
 		return m.EnterRunState(machine.StatePaused)
 	}
+}
+
+// openSnapshotFile opens a file: channel's path for writing a snapshot,
+// created with mode 0600, positioned at the channel's offset. Without an
+// offset the file is truncated; with one, the bytes before it are kept.
+func openSnapshotFile(ch Channel) (*os.File, error) {
+	f, err := os.OpenFile(ch.Path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", ch.Path, err)
+	}
+	if ch.Offset == 0 {
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("truncate %s: %w", ch.Path, err)
+		}
+	}
+	if _, err := f.Seek(ch.Offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("seek %s: %w", ch.Path, err)
+	}
+	return f, nil
 }

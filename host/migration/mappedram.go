@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
@@ -45,19 +44,11 @@ func (c ctxFile) Seek(off int64, whence int) (int64, error) { return c.f.Seek(of
 // straight from guest memory to their offsets.
 func (g *Migrator) writeMappedFile(ctx context.Context, ch Channel, reg *vmstate.Registry) error {
 	m := g.cfg.Machine
-	f, err := os.OpenFile(ch.Path, os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := openSnapshotFile(ch)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", ch.Path, err)
+		return err
 	}
 	defer f.Close()
-	if ch.Offset == 0 {
-		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("truncate %s: %w", ch.Path, err)
-		}
-	}
-	if _, err := f.Seek(ch.Offset, io.SeekStart); err != nil {
-		return fmt.Errorf("seek %s: %w", ch.Path, err)
-	}
 	counter := &countingWriter{w: ctxWriter{ctx, f}}
 	w, err := vmstate.NewMappedWriter(counter, ctxFile{ctx, f}, ch.Offset, g.cfg.MachineType)
 	if err != nil {
