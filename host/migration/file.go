@@ -176,13 +176,7 @@ func (g *Migrator) writeFile(ctx context.Context, ch Channel, prev machine.RunSt
 	if err != nil {
 		return err
 	}
-	g.mu.Lock()
-	g.ram.Normal = int64(stats.Pages)
-	g.ram.NormalBytes = int64(stats.Pages) * 4096
-	g.ram.Duplicate = int64(stats.ZeroPages)
-	g.ram.Total = int64(m.Memory().Size())
-	g.ram.DirtySyncCount = 1
-	g.mu.Unlock()
+	g.snapshotRAMWritten(stats)
 	g.setStatus(StatusDevice)
 	if err := w.Complete(reg); err != nil {
 		return err
@@ -193,13 +187,30 @@ func (g *Migrator) writeFile(ctx context.Context, ch Channel, prev machine.RunSt
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", ch.Path, err)
 	}
-	g.mu.Lock()
-	g.ram.Transferred = counter.n
-	if el := time.Since(g.started).Seconds(); el > 0 {
-		g.ram.Mbps = float64(counter.n) * 8 / 1e6 / el
-	}
-	g.mu.Unlock()
+	g.snapshotWritten(counter.n)
 	return nil
+}
+
+// snapshotRAMWritten records a snapshot's RAM figures for query-migrate:
+// one pass over every page.
+func (g *Migrator) snapshotRAMWritten(stats vmstate.RAMStats) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ram.Normal = int64(stats.Pages)
+	g.ram.NormalBytes = int64(stats.Pages) * vmstate.PageSize
+	g.ram.Duplicate = int64(stats.ZeroPages)
+	g.ram.Total = int64(g.cfg.Machine.Memory().Size())
+	g.ram.DirtySyncCount = 1
+}
+
+// snapshotWritten records the bytes a snapshot wrote and their rate.
+func (g *Migrator) snapshotWritten(n int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ram.Transferred = n
+	if el := time.Since(g.started).Seconds(); el > 0 {
+		g.ram.Mbps = float64(n) * 8 / 1e6 / el
+	}
 }
 
 // countingWriter counts bytes written.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"wasmvmm/host/vmstate"
 )
@@ -59,13 +58,7 @@ func (g *Migrator) writeMappedFile(ctx context.Context, ch Channel, reg *vmstate
 	if err != nil {
 		return err
 	}
-	g.mu.Lock()
-	g.ram.Normal = int64(stats.Pages)
-	g.ram.NormalBytes = int64(stats.Pages) * vmstate.PageSize
-	g.ram.Duplicate = int64(stats.ZeroPages)
-	g.ram.Total = int64(m.Memory().Size())
-	g.ram.DirtySyncCount = 1
-	g.mu.Unlock()
+	g.snapshotRAMWritten(stats)
 	g.setStatus(StatusDevice)
 	if err := w.Complete(reg); err != nil {
 		return err
@@ -73,12 +66,8 @@ func (g *Migrator) writeMappedFile(ctx context.Context, ch Channel, reg *vmstate
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", ch.Path, err)
 	}
-	g.mu.Lock()
-	g.ram.Transferred = counter.n + int64(stats.Pages)*vmstate.PageSize
-	if el := time.Since(g.started).Seconds(); el > 0 {
-		g.ram.Mbps = float64(g.ram.Transferred) * 8 / 1e6 / el
-	}
-	g.mu.Unlock()
+	// The pages went by pwrite, past the counter.
+	g.snapshotWritten(counter.n + int64(stats.Pages)*vmstate.PageSize)
 	return nil
 }
 
