@@ -30,18 +30,7 @@ func mappedMigrator(t *testing.T, ip *harness.InProcess) *migration.Migrator {
 // mappedSnapshot saves src to a file with mapped-ram on.
 func mappedSnapshot(t *testing.T, src *harness.InProcess) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "snap.bin")
-	g := mappedMigrator(t, src)
-	if err := g.Start(migration.Channel{Type: "main", Transport: "file", Path: path}); err != nil {
-		t.Fatal(err)
-	}
-	if info := waitStatus(t, g); info.Status != migration.StatusCompleted {
-		t.Fatalf("snapshot %s: %s", info.Status, info.ErrorDesc)
-	}
-	if st, _ := src.M.State(); st != machine.StatePostMigrate {
-		t.Fatalf("source state after snapshot: %s", st)
-	}
-	return path
+	return snapshotWith(t, src, mappedMigrator(t, src))
 }
 
 // mappedRestore loads path into a fresh machine of this process, the

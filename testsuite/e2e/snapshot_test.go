@@ -57,8 +57,14 @@ func waitPasses(t *testing.T, ip *harness.InProcess, n int) {
 // snapshot saves src to a file and checks the source's state afterwards.
 func snapshot(t *testing.T, src *harness.InProcess) string {
 	t.Helper()
+	return snapshotWith(t, src, migrator(src))
+}
+
+// snapshotWith saves src to a file through g (src's migrator, its
+// capabilities set) and checks the source's state afterwards.
+func snapshotWith(t *testing.T, src *harness.InProcess, g *migration.Migrator) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "snap.bin")
-	g := migrator(src)
 	if err := g.Start(migration.Channel{Type: "main", Transport: "file", Path: path}); err != nil {
 		t.Fatal(err)
 	}
