@@ -43,18 +43,26 @@ func FuzzReadStream(f *testing.F) {
 			t.Fatalf("Load: %v\nLoadBytes: %v", err, merr)
 		}
 		if err != nil {
-			var se *StreamError
-			if !errors.As(err, &se) || !strings.HasPrefix(err.Error(), "offset 0x") {
-				t.Fatalf("error without an offset: %v", err)
-			}
-			for k, v := range m.stores {
-				if !bytes.Equal(v, before[k]) {
-					t.Fatalf("failed load wrote store %s: %v", k, err)
-				}
-			}
+			requireCleanRefusal(t, err, m, before)
 		}
 		Analyze(bytes.NewReader(data))
 	})
+}
+
+// requireCleanRefusal checks a failed load's error: a StreamError that
+// starts with its offset, and no device store of m written (before holds
+// their bytes from before the load).
+func requireCleanRefusal(t *testing.T, err error, m *machineDevs, before map[string][]byte) {
+	t.Helper()
+	var se *StreamError
+	if !errors.As(err, &se) || !strings.HasPrefix(err.Error(), "offset 0x") {
+		t.Fatalf("error without an offset: %v", err)
+	}
+	for k, v := range m.stores {
+		if !bytes.Equal(v, before[k]) {
+			t.Fatalf("failed load wrote store %s: %v", k, err)
+		}
+	}
 }
 
 // TestWriteFuzzSeeds regenerates testdata/fuzz/FuzzReadStream and
@@ -111,15 +119,7 @@ func FuzzReadMappedStream(f *testing.F) {
 		before := snapshotStores(m)
 		_, err := Load(bytes.NewReader(data), opt(m))
 		if err != nil {
-			var se *StreamError
-			if !errors.As(err, &se) || !strings.HasPrefix(err.Error(), "offset 0x") {
-				t.Fatalf("error without an offset: %v", err)
-			}
-			for k, v := range m.stores {
-				if !bytes.Equal(v, before[k]) {
-					t.Fatalf("failed load wrote store %s: %v", k, err)
-				}
-			}
+			requireCleanRefusal(t, err, m, before)
 			for i, b := range blocks {
 				if !bytes.Equal(b.Mem, ram[i]) {
 					t.Fatalf("failed load wrote RAM block %s: %v", b.Name, err)
