@@ -120,18 +120,11 @@ func (w *Writer) RAMMapped(blocks []*guestmem.Block) (RAMStats, error) {
 	if w.ramState != 0 {
 		return st, errors.New("vmstate writer: RAM section already started")
 	}
-	total, err := checkBlocks(blocks)
+	b, err := ramStartHeader(blocks)
 	if err != nil {
 		return st, err
 	}
 	start := w.off
-	b := []byte{SectionStart}
-	b = appendBE32(b, RAMSectionID)
-	b = append(b, byte(len(RAMSectionName)))
-	b = append(b, RAMSectionName...)
-	b = appendBE32(b, 0)
-	b = appendBE32(b, RAMSectionVersion)
-	b = appendBE64(b, total|RAMFlagMemSize)
 	w.write(b)
 	for _, blk := range blocks {
 		w.mappedBlock(blk, &st)

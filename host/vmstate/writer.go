@@ -114,24 +114,15 @@ func (w *Writer) RAMStart(blocks []*guestmem.Block) error {
 	if w.mapped != nil {
 		return errors.New("vmstate writer: a mapped-ram stream writes RAM with RAMMapped")
 	}
-	total, err := checkBlocks(blocks)
+	b, err := ramStartHeader(blocks)
 	if err != nil {
 		return err
 	}
-	b := []byte{SectionStart}
-	b = appendBE32(b, RAMSectionID)
-	b = append(b, byte(len(RAMSectionName)))
-	b = append(b, RAMSectionName...)
-	b = appendBE32(b, 0)
-	b = appendBE32(b, RAMSectionVersion)
-	var list []byte
 	for _, blk := range blocks {
-		list = append(list, byte(len(blk.Name)))
-		list = append(list, blk.Name...)
-		list = appendBE64(list, blk.Size())
+		b = append(b, byte(len(blk.Name)))
+		b = append(b, blk.Name...)
+		b = appendBE64(b, blk.Size())
 	}
-	b = appendBE64(b, total|RAMFlagMemSize)
-	b = append(b, list...)
 	b = appendBE64(b, RAMFlagEOS)
 	w.write(b)
 	w.footer(RAMSectionID)
@@ -139,6 +130,23 @@ func (w *Writer) RAMStart(blocks []*guestmem.Block) error {
 	w.ramState = 1
 	w.lastBlock = nil
 	return w.err
+}
+
+// ramStartHeader checks blocks (checkBlocks) and returns the RAM section's
+// START header up to its first record's word: MEM_SIZE with the total of
+// the blocks' sizes. The block list follows it.
+func ramStartHeader(blocks []*guestmem.Block) ([]byte, error) {
+	total, err := checkBlocks(blocks)
+	if err != nil {
+		return nil, err
+	}
+	b := []byte{SectionStart}
+	b = appendBE32(b, RAMSectionID)
+	b = append(b, byte(len(RAMSectionName)))
+	b = append(b, RAMSectionName...)
+	b = appendBE32(b, 0)
+	b = appendBE32(b, RAMSectionVersion)
+	return appendBE64(b, total|RAMFlagMemSize), nil
 }
 
 // checkBlocks checks the blocks of a RAM section: names of 1 to 255 bytes,
