@@ -86,6 +86,9 @@ type Machine struct {
 	done     chan struct{} // closed when the machine stops for good
 	doneOnce sync.Once
 	exitCode int
+
+	closeMu     sync.Mutex
+	beforeClose []func() error // run first by Close; see BeforeClose
 }
 
 // vcpu is one vCPU and its goroutine's control.
@@ -278,8 +281,32 @@ func (m *Machine) Done() <-chan struct{} { return m.done }
 // ExitCode is the process exit status the machine asks for once Done.
 func (m *Machine) ExitCode() int { return m.exitCode }
 
+// BeforeClose registers f to run at the start of Close, before the vCPUs
+// stop and guest RAM is released. It is for users of guest RAM that run on
+// their own goroutines (a migration): f stops them and waits. If f returns
+// an error, such a user may still be running, so Close keeps guest RAM
+// mapped (leaking it rather than pulling it from under a reader) and
+// returns the error.
+func (m *Machine) BeforeClose(f func() error) {
+	m.closeMu.Lock()
+	defer m.closeMu.Unlock()
+	m.beforeClose = append(m.beforeClose, f)
+}
+
 // Close stops the vCPUs and releases everything.
 func (m *Machine) Close() error {
+	m.closeMu.Lock()
+	hooks := m.beforeClose
+	m.beforeClose = nil
+	m.closeMu.Unlock()
+	var errs []error
+	keepRAM := false
+	for _, f := range hooks {
+		if err := f(); err != nil {
+			errs = append(errs, fmt.Errorf("guest RAM kept mapped: %w", err))
+			keepRAM = true
+		}
+	}
 	m.stop(0)
 	m.pause.terminate()
 	for _, v := range m.vcpus {
@@ -288,7 +315,6 @@ func (m *Machine) Close() error {
 		}
 	}
 	m.wg.Wait()
-	var errs []error
 	for _, d := range m.devices {
 		if err := d.Close(); err != nil {
 			errs = append(errs, err)
@@ -304,7 +330,7 @@ func (m *Machine) Close() error {
 		errs = append(errs, m.vm.Close())
 		m.vm = nil
 	}
-	if m.mem != nil && m.cfg.Memory == nil {
+	if m.mem != nil && m.cfg.Memory == nil && !keepRAM {
 		errs = append(errs, m.mem.Close())
 		m.mem = nil
 	}

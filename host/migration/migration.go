@@ -136,7 +136,27 @@ func New(cfg Config) *Migrator {
 	}
 	g := &Migrator{cfg: cfg, log: cfg.Logger, status: StatusNone, params: DefaultParameters(), caps: Capabilities{Preflight: true}}
 	g.addRAMBlockers() // cpr.go
+	if cfg.Machine != nil {
+		cfg.Machine.BeforeClose(g.stopBeforeClose)
+	}
 	return g
+}
+
+// closeWait bounds how long a closing machine waits for a cancelled
+// migration to end.
+const closeWait = 10 * time.Second
+
+// stopBeforeClose cancels a running migration and waits for it to end, so
+// the machine can release the guest RAM it reads. It runs when the machine
+// closes (Machine.BeforeClose).
+func (g *Migrator) stopBeforeClose() error {
+	g.Cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), closeWait)
+	defer cancel()
+	if err := g.Wait(ctx); err != nil {
+		return fmt.Errorf("migration still running %v after cancel: %w", closeWait, err)
+	}
+	return nil
 }
 
 // Status returns the current migration status.

@@ -516,6 +516,38 @@ func checkSourceBack(t *testing.T, src *harness.InProcess, want machine.RunState
 	}
 }
 
+// Closing the source machine while a migration sends its RAM cancels the
+// migration and waits for it before the RAM is unmapped. Before
+// Machine.BeforeClose, the sender read unmapped RAM and the process died.
+func TestClosingTheSourceEndsItsMigrationFirst(t *testing.T) {
+	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+	if err := src.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	waitPasses(t, src, 1)
+	g, log := liveMigrator(t, src)
+	bw := int64(8 << 20) // slow enough that the first pass is still going
+	if err := g.SetParameters(migration.ParameterUpdate{MaxBandwidth: &bw}); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeDest(t, true)
+	defer close(f.hangUp)
+	if err := g.Start(f.ch); err != nil {
+		t.Fatal(err)
+	}
+	waitMigStatus(t, g, migration.StatusActive)
+	time.Sleep(100 * time.Millisecond)
+	if err := src.M.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if st := g.Status(); st != migration.StatusCancelled {
+		t.Fatalf("migration %s after the machine closed, want cancelled (%s)", st, g.Query().ErrorDesc)
+	}
+	if !log.has("MIGRATION:cancelled") {
+		t.Fatalf("events %v", log.evs)
+	}
+}
+
 func TestLiveMigrationCancelInEveryState(t *testing.T) {
 	start := func(t *testing.T, args ...string) (*harness.InProcess, string) {
 		img := scratchImage(t, 16<<20)

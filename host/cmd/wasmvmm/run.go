@@ -346,14 +346,9 @@ func runVM(ctx context.Context, vm *config.VM, f *runFlags, demo bool, stdin io.
 		}
 	}
 	mig := migration.New(migration.Config{Machine: m, MachineType: mt.Name, Plugins: loader.Migration, Preserved: loader.Preserved, Logger: log.Named("migration"), Emit: emit})
-	defer func() {
-		// A migration still running reads or writes guest RAM: stop it
-		// before the machine (and its RAM) goes away.
-		mig.Cancel()
-		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		mig.Wait(wctx)
-	}()
+	// m.Close (deferred above) cancels a migration still running and
+	// waits for it before guest RAM goes away (migration.New registers
+	// that with Machine.BeforeClose).
 	if f.qmp != "" {
 		srv = qmp.NewServer(qmp.Config{Version: qmp.VersionInfo{Package: "wasmvmm " + version}, Logger: log.Named("qmp")})
 		mon, err := monitor.New(srv, m, vm.Machine.Type)
