@@ -646,6 +646,13 @@ func TestLiveMigrationCancelInEveryState(t *testing.T) {
 		f := newFakeDest(t, true)
 		g, log := liveMigrator(t, src)
 		g.SetCapabilities([]migration.CapabilityState{{Capability: "pause-before-switchover", State: true}})
+		// A flat-out dirtier does not converge within the default 300 ms
+		// at the default 128 MiB/s (its 48 MiB take 375 ms): a long limit
+		// lets the switchover come after any pass.
+		limit := int64(10000)
+		if err := g.SetParameters(migration.ParameterUpdate{DowntimeLimit: &limit}); err != nil {
+			t.Fatal(err)
+		}
 		if err := g.Start(f.ch); err != nil {
 			t.Fatal(err)
 		}
