@@ -36,6 +36,12 @@ import (
 //	MIGBENCH_QEMU=0            skip QEMU
 //	MIGBENCH_TIMEOUT=30s       a migration that has not completed is cancelled
 //	MIGBENCH_CASES=idle,...    run only the cases whose names contain these
+//	MIGBENCH_RUNS=3            run every case this many times (the turns go
+//	                           on alternating) and end with a table of
+//	                           medians: which VMM is ahead on total time and
+//	                           on pause. One run decides little on this
+//	                           host: a run's figures follow how much of the
+//	                           memory it touches is new to the outer host.
 //	MIGBENCH_MULTIFD=0,2,4     wasmvmm once per multifd-channels count (0: the
 //	                           multifd capability off, the default); each
 //	                           multifd row prints its total time, pause and
@@ -453,74 +459,92 @@ func BenchmarkLiveMigration(b *testing.B) {
 			multifd = append(multifd, n)
 		}
 	}
+	runs := 1
+	if s := os.Getenv("MIGBENCH_RUNS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("MIGBENCH_RUNS: %q", s)
+		}
+		runs = n
+	}
 	dir := b.TempDir()
 	ran := 0
+	sum := newMigSummary()
 	for i := 0; i < b.N; i++ {
 		for _, size := range sizes {
 			for _, c := range migCases {
 				if only != "" && !strings.Contains(only, c.name) {
 					continue
 				}
-				// wasmvmm and QEMU take turns going first: the second to
-				// run gets the memory the first just freed, which this
-				// nested host hands out much faster than memory new to it
-				// (first touch 0.4 against 4-8 GB/s, measured).
-				order := slices.Clone(vmms)
-				if ran%2 == 1 {
-					slices.Reverse(order)
-				}
-				ran++
-				res := map[string]migResult{}
-				for _, v := range order {
-					if v.name() != "wasmvmm" {
-						res[v.name()] = runMigration(b, v, dir, size, c, timeout, 0)
-						continue
+				for run := 0; run < runs; run++ {
+					// wasmvmm and QEMU take turns going first: the second to
+					// run gets the memory the first just freed, which this
+					// nested host hands out much faster than memory new to it
+					// (first touch 0.4 against 4-8 GB/s, measured).
+					order := slices.Clone(vmms)
+					if ran%2 == 1 {
+						slices.Reverse(order)
 					}
-					for _, n := range multifd {
-						name := "wasmvmm"
-						if n > 0 {
-							name = fmt.Sprintf("wasmvmm-mf%d", n)
+					ran++
+					res := map[string]migResult{}
+					for _, v := range order {
+						if v.name() != "wasmvmm" {
+							res[v.name()] = runMigration(b, v, dir, size, c, timeout, 0)
+							continue
 						}
-						res[name] = runMigration(b, v, dir, size, c, timeout, n)
-					}
-				}
-				for _, v := range vmms {
-					if v.name() != "wasmvmm" {
-						fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, v.name(), res[v.name()])
-						continue
-					}
-					for _, n := range multifd {
-						name := "wasmvmm"
-						if n > 0 {
-							name = fmt.Sprintf("wasmvmm-mf%d", n)
-						}
-						r := res[name]
-						fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, name, r)
-						if one, ok := res["wasmvmm"]; ok && n > 0 && r.converged && one.converged {
-							tput := func(r migResult) float64 { return float64(r.bytes) / r.total.Seconds() }
-							fmt.Printf("%4d MiB %-19s %-7s vs one channel: total %.2fx, pause %.2fx, RAM throughput %.0f vs %.0f MiB/s = %.2fx\n",
-								size, c.name, name, float64(r.total)/float64(one.total), float64(r.pause)/float64(max(one.pause, 1)),
-								tput(r)/(1<<20), tput(one)/(1<<20), tput(r)/tput(one))
-							b.ReportMetric(tput(r)/tput(one), fmt.Sprintf("mf%d-throughput-vs-1ch-%dM-%s", n, size, strings.ReplaceAll(c.name, "/", "-")))
+						for _, n := range multifd {
+							name := "wasmvmm"
+							if n > 0 {
+								name = fmt.Sprintf("wasmvmm-mf%d", n)
+							}
+							res[name] = runMigration(b, v, dir, size, c, timeout, n)
 						}
 					}
-				}
-				w := res["wasmvmm"]
-				if c.name == "paused/10GiB" && w.converged {
-					raw := float64(w.bytes) / w.total.Seconds()
-					plain := socketCopy(b, w.bytes, 1)
-					two := socketCopy(b, w.bytes, 2)
-					fmt.Printf("%4d MiB plain unix-socket copy, 1 stream %.0f MiB/s, 2 parallel streams %.0f MiB/s (what parallel RAM channels could gain here)\n",
-						size, plain/(1<<20), two/(1<<20))
-					fmt.Printf("%4d MiB RAM throughput %.0f MiB/s, plain unix-socket copy of %d MiB into fresh memory %.0f MiB/s: ratio %.2f",
-						size, raw/(1<<20), w.bytes>>20, plain/(1<<20), raw/plain)
-					fmt.Println()
-					b.ReportMetric(raw/plain, fmt.Sprintf("ram-vs-socket-%dM", size))
-				}
-				if q, ok := res["qemu"]; ok && q.converged && w.converged {
-					b.ReportMetric(float64(w.total)/float64(q.total), fmt.Sprintf("total-ratio-%dM-%s", size, strings.ReplaceAll(c.name, "/", "-")))
+					for _, v := range vmms {
+						if v.name() != "wasmvmm" {
+							fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, v.name(), res[v.name()])
+							continue
+						}
+						for _, n := range multifd {
+							name := "wasmvmm"
+							if n > 0 {
+								name = fmt.Sprintf("wasmvmm-mf%d", n)
+							}
+							r := res[name]
+							fmt.Printf("%4d MiB %-19s %-7s %s\n", size, c.name, name, r)
+							if one, ok := res["wasmvmm"]; ok && n > 0 && r.converged && one.converged {
+								tput := func(r migResult) float64 { return float64(r.bytes) / r.total.Seconds() }
+								fmt.Printf("%4d MiB %-19s %-7s vs one channel: total %.2fx, pause %.2fx, RAM throughput %.0f vs %.0f MiB/s = %.2fx\n",
+									size, c.name, name, float64(r.total)/float64(one.total), float64(r.pause)/float64(max(one.pause, 1)),
+									tput(r)/(1<<20), tput(one)/(1<<20), tput(r)/tput(one))
+								b.ReportMetric(tput(r)/tput(one), fmt.Sprintf("mf%d-throughput-vs-1ch-%dM-%s", n, size, strings.ReplaceAll(c.name, "/", "-")))
+							}
+						}
+					}
+					w := res["wasmvmm"]
+					if c.name == "paused/10GiB" && w.converged {
+						raw := float64(w.bytes) / w.total.Seconds()
+						plain := socketCopy(b, w.bytes, 1)
+						two := socketCopy(b, w.bytes, 2)
+						fmt.Printf("%4d MiB plain unix-socket copy, 1 stream %.0f MiB/s, 2 parallel streams %.0f MiB/s (what parallel RAM channels could gain here)\n",
+							size, plain/(1<<20), two/(1<<20))
+						fmt.Printf("%4d MiB RAM throughput %.0f MiB/s, plain unix-socket copy of %d MiB into fresh memory %.0f MiB/s: ratio %.2f",
+							size, raw/(1<<20), w.bytes>>20, plain/(1<<20), raw/plain)
+						fmt.Println()
+						b.ReportMetric(raw/plain, fmt.Sprintf("ram-vs-socket-%dM", size))
+						sum.addRAMRatio(size, raw/plain)
+					}
+					if q, ok := res["qemu"]; ok && q.converged && w.converged {
+						b.ReportMetric(float64(w.total)/float64(q.total), fmt.Sprintf("total-ratio-%dM-%s", size, strings.ReplaceAll(c.name, "/", "-")))
+					}
+					for name, r := range res {
+						sum.add(size, c.name, name, r)
+					}
 				}
 			}
 		}
+	}
+	if runs > 1 {
+		sum.print(os.Stdout)
 	}
 }
