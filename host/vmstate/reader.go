@@ -36,6 +36,12 @@ type LoadOptions struct {
 	// RAMEnded, when set, is called once the RAM section's END is read:
 	// in a live migration the source has stopped its guest by then.
 	RAMEnded func()
+	// CopyWorkers, when above 1, copies page data into guest RAM on that
+	// many goroutines while the stream is parsed (pagecopy.go): the first
+	// touch of fresh guest memory then runs on several CPUs. Every page is
+	// in place when the RAM section's END is read, at each MULTIFD_FLUSH,
+	// and when Load returns.
+	CopyWorkers int
 	// MappedRAM, when set, loads a stream written with the mapped-ram
 	// capability (mapped.go): the pages are read from the file only after
 	// the whole stream was checked, so a bad file leaves guest RAM and the
@@ -81,10 +87,8 @@ type loader struct {
 	staged []*staged
 	seen   map[*entry]bool
 
-	// scan, when set, makes the loader a scanner: it walks the stream
-	// calling scan for each PAGE record instead of copying the page, and
-	// stops after the RAM section's END (ScanRAM).
-	scan func(b *guestmem.Block, addr uint64) bool
+	// copier copies page data on workers (LoadOptions.CopyWorkers).
+	copier *pageCopier
 
 	// streamMapped is set when the configuration names the mapped-ram
 	// capability; mapped lists its validated blocks (mapped.go).
@@ -125,24 +129,6 @@ func LoadBytes(data []byte, opt LoadOptions) (*LoadResult, error) {
 	return load(newMemReader(data), pre, opt)
 }
 
-// errScanDone ends a ScanRAM walk at the RAM section's END.
-var errScanDone = errors.New("RAM scanned")
-
-// ScanRAM walks the RAM records of an in-memory stream, as LoadBytes would
-// load them, without touching page data or any device: it calls fn for
-// each PAGE record, in stream order, and returns after the RAM section's
-// END, when fn returns false, at the end of the stream, or at the first
-// malformed record (the error LoadBytes would report). A loader runs it ahead of LoadBytes to
-// prepare guest RAM for the pages to come.
-func ScanRAM(data []byte, opt LoadOptions, fn func(b *guestmem.Block, addr uint64) bool) error {
-	l := newLoader(newMemReader(data), opt)
-	l.scan = fn
-	if err := l.run(); err != nil && !errors.Is(err, errScanDone) {
-		return err
-	}
-	return nil
-}
-
 func newLoader(r *streamReader, opt LoadOptions) *loader {
 	l := &loader{r: r, opt: opt, ids: map[uint32]string{}, ramID: -1,
 		blocks: map[string]*guestmem.Block{}, seen: map[*entry]bool{}}
@@ -158,7 +144,19 @@ func newLoader(r *streamReader, opt LoadOptions) *loader {
 func load(r *streamReader, pre *descRoot, opt LoadOptions) (*LoadResult, error) {
 	l := newLoader(r, opt)
 	l.pre = pre
-	if err := l.run(); err != nil {
+	if opt.CopyWorkers > 1 {
+		l.copier = newPageCopier(opt.CopyWorkers)
+		// Also when a fault in a mapped stream unwinds the load as a panic.
+		defer l.copier.close()
+	}
+	err := l.run()
+	if l.copier != nil {
+		// No worker writes guest RAM once Load returns.
+		if cerr := l.copier.close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	if len(l.mapped) > 0 {
@@ -331,9 +329,6 @@ func (l *loader) sectionPartEnd(off int64, t byte) error {
 	}
 	if t == SectionEnd {
 		l.ramState = 2
-		if l.scan != nil {
-			return errScanDone
-		}
 		if l.opt.RAMEnded != nil {
 			l.opt.RAMEnded()
 		}
@@ -397,9 +392,14 @@ func (l *loader) ramRecords(w where, start bool) error {
 			if start && !listed {
 				return w.err(off, "RAM START without the MEM_SIZE block list")
 			}
-			return nil
+			return l.flushPages(off, w)
 		case RAMFlagMultifdFlush:
-			if l.opt.MultifdFlush != nil && l.scan == nil {
+			if l.opt.MultifdFlush != nil {
+				// The parallel channels' pages of the next pass may be
+				// the ones still queued here.
+				if err := l.flushPages(off, w); err != nil {
+					return err
+				}
 				if err := l.opt.MultifdFlush(); err != nil {
 					return w.wrap(off, fmt.Errorf("multifd flush: %w", err))
 				}
@@ -502,23 +502,19 @@ func (l *loader) ramPage(off int64, flags, addr uint64, w where) error {
 		if fill != 0 {
 			return w.err(l.r.off-1, "zero page of RAM block %q at %#x has fill byte %#02x, want 0", b.Name, addr, fill)
 		}
-		if l.scan != nil {
+		l.res.ZeroPages++
+		if l.copier != nil {
+			l.copier.batch(addr)
+			l.copier.add(addr, page, nil)
 			return nil
 		}
 		if !bytes.Equal(page, zeroPage[:]) {
 			clear(page)
 		}
-		l.res.ZeroPages++
 		return nil
 	}
-	if l.scan != nil {
-		if _, err := l.r.skip(PageSize); err != nil {
-			return w.wrap(l.r.off, fmt.Errorf("page data of RAM block %q at %#x: %w", b.Name, addr, err))
-		}
-		if !l.scan(b, addr) {
-			return errScanDone
-		}
-		return nil
+	if l.copier != nil {
+		return l.queuePage(b, addr, page, w)
 	}
 	if err := l.r.full(page); err != nil {
 		return w.wrap(l.r.off, fmt.Errorf("page data of RAM block %q at %#x: %w", b.Name, addr, err))
@@ -527,12 +523,44 @@ func (l *loader) ramPage(off int64, flags, addr uint64, w where) error {
 	return nil
 }
 
+// queuePage reads a page's data and hands it to the copy workers: from an
+// in-memory stream the data stays where it is until copied, from a reader
+// it goes to room in the worker's batch.
+func (l *loader) queuePage(b *guestmem.Block, addr uint64, page []byte, w where) error {
+	batch := l.copier.batch(addr)
+	var src []byte
+	if l.r.br == nil {
+		if rest := l.r.rest(); len(rest) >= PageSize {
+			src = rest[:PageSize:PageSize]
+			l.r.off += PageSize
+		}
+	}
+	if src == nil {
+		src = batch.slot()
+		if err := l.r.full(src); err != nil {
+			return w.wrap(l.r.off, fmt.Errorf("page data of RAM block %q at %#x: %w", b.Name, addr, err))
+		}
+	}
+	l.copier.add(addr, page, src)
+	l.res.Pages++
+	return nil
+}
+
+// flushPages waits until the copy workers have put every queued page in
+// place.
+func (l *loader) flushPages(off int64, w where) error {
+	if l.copier == nil {
+		return nil
+	}
+	if err := l.copier.flush(); err != nil {
+		return w.wrap(off, err)
+	}
+	return nil
+}
+
 // ---- devices ----
 
 func (l *loader) deviceSection(off int64, id uint32, name string, inst, version uint32, w where) error {
-	if l.scan != nil {
-		return errScanDone // a scan covers RAM only and calls no device
-	}
 	e := l.opt.Registry.lookup(name, inst)
 	if e == nil {
 		return w.err(off, "no device %q instance %d on this machine", name, inst)
