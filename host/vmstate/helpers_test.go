@@ -94,6 +94,32 @@ type machineDevs struct {
 	hooks  map[string]*recHooks
 }
 
+// fillEvery gives data to every every(i)-th page of block i, a pattern
+// that differs from page to page and from block to block.
+func fillEvery(blocks []*guestmem.Block, every func(i int) uint64) {
+	for i, b := range blocks {
+		for p := uint64(0); p < b.Pages(); p++ {
+			if p%every(i) == 0 {
+				fill(b.Mem[p*PageSize:(p+1)*PageSize], byte(p)+byte(i)+1)
+			}
+		}
+	}
+}
+
+// newRAMWriter starts a stream into out for the test machine type with a
+// RAM section over src.
+func newRAMWriter(t testing.TB, out *bytes.Buffer, src []*guestmem.Block) *Writer {
+	t.Helper()
+	w, err := NewWriter(out, "wasmvmm-test-1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.RAMStart(src); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 func fill(b []byte, seed byte) {
 	for i := range b {
 		b[i] = seed + byte(i*7)

@@ -16,21 +16,9 @@ import (
 func TestCopyWorkersLoadLikeOneCopier(t *testing.T) {
 	const pages0, pages1 = 1800, 700 // 7 MiB and 2.7 MiB
 	src := allocBlocks(t, pages0, pages1)
-	for i, b := range src {
-		for p := uint64(0); p < b.Pages(); p++ {
-			if p%uint64(2+i) == 0 {
-				fill(b.Mem[p*PageSize:(p+1)*PageSize], byte(p)+byte(i)+1)
-			}
-		}
-	}
+	fillEvery(src, func(i int) uint64 { return uint64(2 + i) })
 	var out bytes.Buffer
-	w, err := NewWriter(&out, "wasmvmm-test-1.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.RAMStart(src); err != nil {
-		t.Fatal(err)
-	}
+	w := newRAMWriter(t, &out, src)
 	if _, err := w.RAMPart(nil); err != nil {
 		t.Fatal(err)
 	}

@@ -13,25 +13,13 @@ func TestRAMIterative(t *testing.T) {
 	src := allocBlocks(t, 70, 33)
 	dst := allocBlocks(t, 70, 33)
 	// Source: every third page of block 0 and every second of block 1 hold data.
-	for i, b := range src {
-		for p := uint64(0); p < b.Pages(); p++ {
-			if p%uint64(3-i) == 0 {
-				fill(b.Mem[p*PageSize:(p+1)*PageSize], byte(p)+byte(i)+1)
-			}
-		}
-	}
+	fillEvery(src, func(i int) uint64 { return uint64(3 - i) })
 	// Destination garbage where the source is zero must be cleared.
 	fill(dst[0].Mem[1*PageSize:2*PageSize], 0x55)
 	fill(dst[1].Mem[5*PageSize:6*PageSize], 0x66)
 
 	var out bytes.Buffer
-	w, err := NewWriter(&out, "wasmvmm-test-1.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.RAMStart(src); err != nil {
-		t.Fatal(err)
-	}
+	w := newRAMWriter(t, &out, src)
 	st, err := w.RAMPart(nil)
 	if err != nil {
 		t.Fatal(err)
