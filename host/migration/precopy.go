@@ -60,6 +60,10 @@ const chunkWords = 64
 // syncPeriod bounds the time between two dirty-log syncs while RAM is sent.
 const syncPeriod = time.Second
 
+// minSyncPeriod is the shortest time between two syncs that syncDeadline
+// asks for.
+const minSyncPeriod = 50 * time.Millisecond
+
 // switchoverOverhead is the part of the downtime that does not depend on
 // RAM: vCPU and device state, disk hand-over, the destination's load.
 const switchoverOverhead = 5 * time.Millisecond
@@ -110,6 +114,8 @@ type precopy struct {
 	highCount     int
 	throttle      int
 	bandwidth     float64 // bytes/s while sending, for the downtime estimate
+	dirtyRate     float64 // bytes/s the guest dirtied between the last two syncs
+	limited       bool    // max-bandwidth, not the link, bounded the last pass
 }
 
 // startLive begins a live migration to a socket channel in the background.
@@ -273,7 +279,7 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 passes:
 	for {
 		passStart, bytes0, slept0 := time.Now(), p.sentBytes(), p.slept()
-		if _, err := p.sendDirty(passStart.Add(syncPeriod)); err != nil {
+		if _, err := p.sendDirty(p.syncDeadline(passStart, burst)); err != nil {
 			return false, "", nil, err
 		}
 		if err := p.multifdSync(false); err != nil {
@@ -304,6 +310,7 @@ passes:
 		g.expectedDowntime = expected
 		if el := time.Since(p.lastSync).Seconds(); el > 0 {
 			g.ram.DirtyPagesRate = int64(float64(n) / el)
+			p.dirtyRate = float64(n) * vmstate.PageSize / el
 		}
 		pass := g.ram.DirtySyncCount
 		limit := time.Duration(g.params.DowntimeLimit) * time.Millisecond
@@ -313,6 +320,7 @@ passes:
 		g.emitPass(pass)
 		// max-bandwidth, not the link, bounds the passes.
 		limited := maxBandwidth > 0 && p.bandwidth > 1.1*float64(maxBandwidth)
+		p.limited = limited
 		switch {
 		case burst:
 			// The pass just sent went at full speed: stop the guest
@@ -346,6 +354,30 @@ passes:
 		p.lastSync, p.lastSyncBytes = time.Now(), p.sentBytes()
 	}
 	return p.switchover()
+}
+
+// syncDeadline is when the pass starting at start syncs the dirty log at
+// the latest: after syncPeriod, or sooner when max-bandwidth paces the
+// pages and the rest is expected to fall to what the switchover may send
+// unpaced (max-bandwidth × downtime-limit) before then, counting what the
+// guest dirties meanwhile at its last measured rate. QEMU looks at the
+// rest after every 100 ms window of its rate limit; deciding only at a
+// sync every second made the switchover here up to a second late.
+func (p *precopy) syncDeadline(start time.Time, burst bool) time.Time {
+	deadline := start.Add(syncPeriod)
+	if !p.limited || burst {
+		return deadline
+	}
+	prm := p.g.Parameters()
+	maxBW := float64(prm.MaxBandwidth)
+	threshold := maxBW * (time.Duration(prm.DowntimeLimit) * time.Millisecond).Seconds()
+	remaining := float64(p.pendingBytes())
+	shrink := maxBW - p.dirtyRate // how fast the rest shrinks, bytes/s
+	if remaining <= threshold || shrink <= 0 {
+		return deadline
+	}
+	t := time.Duration((remaining - threshold) / shrink * float64(time.Second))
+	return start.Add(min(max(t, minSyncPeriod), syncPeriod))
 }
 
 // limiterOff stops pacing the pages to max-bandwidth (true) or paces them
