@@ -2,9 +2,12 @@ package vmstate
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 	"wasmvmm/host/guestmem"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestCopyWorkersLoadLikeOneCopier loads a three-pass RAM stream whose
@@ -101,5 +104,29 @@ func TestCopyWorkersLoadLikeOneCopier(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestCopyWorkerFaultFailsTheLoad hands a worker page data it cannot read
+// (a PROT_NONE mapping, as a snapshot file truncated under its mapping
+// reads): flush reports ErrPageDataFault, the process lives on, and the
+// worker skips the rest.
+func TestCopyWorkerFaultFailsTheLoad(t *testing.T) {
+	bad, err := unix.Mmap(-1, 0, PageSize, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(bad)
+	good := bytes.Repeat([]byte{7}, PageSize)
+	c := newPageCopier(2)
+	dst := make([]byte, 2*PageSize)
+	c.batch(0)
+	c.add(0, dst[:PageSize], bad)
+	c.add(0, dst[PageSize:], good)
+	if err := c.flush(); !errors.Is(err, ErrPageDataFault) {
+		t.Fatalf("flush: %v", err)
+	}
+	if err := c.close(); !errors.Is(err, ErrPageDataFault) {
+		t.Fatalf("close: %v", err)
 	}
 }
