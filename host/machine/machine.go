@@ -459,8 +459,9 @@ func (m *Machine) Resume() error {
 	}
 	m.Clock.Resume()
 	m.holdDevices(false)
+	at := time.Now() // the RESUME event's time: the vCPUs go now
 	m.pause.set(false)
-	m.state.emit(Event{Name: "RESUME"})
+	m.state.emit(Event{Name: "RESUME", At: at})
 	return nil
 }
 

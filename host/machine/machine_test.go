@@ -143,8 +143,16 @@ func waitPasses(t *testing.T, sink *thrSink, n int) {
 func TestDirtierPauseResume(t *testing.T) {
 	m, sink := newTestMachine(t, dirtierCmdline, 64<<20)
 	var events []string
+	var resumedAt time.Time
 	var mu sync.Mutex
-	m.OnEvent(func(e Event) { mu.Lock(); events = append(events, e.Name); mu.Unlock() })
+	m.OnEvent(func(e Event) {
+		mu.Lock()
+		events = append(events, e.Name)
+		if e.Name == "RESUME" {
+			resumedAt = e.At
+		}
+		mu.Unlock()
+	})
 	if err := m.Start(false); err != nil {
 		t.Fatal(err)
 	}
@@ -172,14 +180,21 @@ func TestDirtierPauseResume(t *testing.T) {
 		t.Fatalf("state %s", st)
 	}
 	n := passCount(sink.String())
+	before := time.Now()
 	if err := m.Resume(); err != nil {
 		t.Fatal(err)
 	}
+	after := time.Now()
 	waitPasses(t, sink, n+2)
 	mu.Lock()
 	defer mu.Unlock()
 	if strings.Join(events, ",") != "RESUME,STOP,RESUME" {
 		t.Fatalf("events %v", events)
+	}
+	// RESUME carries the moment the vCPUs were let go, as QEMU's comes
+	// before its vCPUs run: inside the Resume call.
+	if resumedAt.Before(before) || resumedAt.After(after) {
+		t.Fatalf("RESUME at %v, outside the Resume call [%v, %v]", resumedAt, before, after)
 	}
 }
 

@@ -1,6 +1,9 @@
 package machine
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // StopFor parks the vCPUs for a migration or snapshot and moves to state
 // (finish-migrate, save-vm); it returns the run state to go back to if the
@@ -36,8 +39,9 @@ func (m *Machine) EnterRunState(to RunState) error {
 		}
 		m.Clock.Resume()
 		m.holdDevices(false)
+		at := time.Now() // the RESUME event's time: the vCPUs go now
 		m.pause.set(false)
-		m.state.emit(Event{Name: "RESUME"})
+		m.state.emit(Event{Name: "RESUME", At: at})
 		return nil
 	case StatePaused, StatePostMigrate, StateInMigrate:
 		m.holdDevices(true)

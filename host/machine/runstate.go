@@ -3,6 +3,7 @@ package machine
 import (
 	"fmt"
 	"sync"
+	"time"
 )
 
 // RunState is a VM run state, named as QEMU names them in query-status.
@@ -32,6 +33,10 @@ func (s RunState) Live() bool { return s == StateRunning || s == StateSuspended 
 type Event struct {
 	Name string         // "STOP", "RESUME", "SUSPEND", "WAKEUP", "RESET", "SHUTDOWN"
 	Data map[string]any // event data as QEMU sends it, or nil
+	// At is when it happened: for RESUME, the moment the vCPUs are let
+	// go, taken before it (QEMU sends RESUME before it resumes its vCPUs);
+	// the time of emitting when zero.
+	At time.Time
 }
 
 // runState holds the state with its transition rules and listeners.
@@ -90,6 +95,9 @@ func (r *runState) set(to RunState, reason string) error {
 }
 
 func (r *runState) emit(ev Event) {
+	if ev.At.IsZero() {
+		ev.At = time.Now()
+	}
 	r.mu.Lock()
 	ls := append([]func(Event){}, r.listeners...)
 	r.mu.Unlock()

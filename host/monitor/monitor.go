@@ -49,7 +49,7 @@ func New(srv *qmp.Server, m *machine.Machine, name string) (*Monitor, error) {
 		if data == nil {
 			data = map[string]any{}
 		}
-		srv.Emit(e.Name, data)
+		srv.EmitAt(e.Name, data, e.At)
 	})
 	return mon, nil
 }
