@@ -86,11 +86,12 @@ func (b *pageBatch) slot() []byte {
 	return b.buf[n : n+PageSize : n+PageSize]
 }
 
-// add queues dst to receive src (nil: dst must read as zeroes) and hands
-// the batch to its worker once full.
+// add queues dst, the page at addr, to receive src (nil: dst must read as
+// zeroes; else data from the batch's slot or a view of an in-memory
+// stream) and hands the batch to its worker once full.
 func (c *pageCopier) add(addr uint64, dst, src []byte) {
 	w := c.worker(addr)
-	b := c.cur[w]
+	b := c.batch(addr)
 	b.dst = append(b.dst, dst)
 	b.src = append(b.src, src)
 	if len(b.dst) == copyBatchPages {

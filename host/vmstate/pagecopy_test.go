@@ -120,7 +120,6 @@ func TestCopyWorkerFaultFailsTheLoad(t *testing.T) {
 	good := bytes.Repeat([]byte{7}, PageSize)
 	c := newPageCopier(2)
 	dst := make([]byte, 2*PageSize)
-	c.batch(0)
 	c.add(0, dst[:PageSize], bad)
 	c.add(0, dst[PageSize:], good)
 	if err := c.flush(); !errors.Is(err, ErrPageDataFault) {

@@ -504,7 +504,6 @@ func (l *loader) ramPage(off int64, flags, addr uint64, w where) error {
 		}
 		l.res.ZeroPages++
 		if l.copier != nil {
-			l.copier.batch(addr)
 			l.copier.add(addr, page, nil)
 			return nil
 		}
@@ -527,16 +526,15 @@ func (l *loader) ramPage(off int64, flags, addr uint64, w where) error {
 // in-memory stream the data stays where it is until copied, from a reader
 // it goes to room in the worker's batch.
 func (l *loader) queuePage(b *guestmem.Block, addr uint64, page []byte, w where) error {
-	batch := l.copier.batch(addr)
 	var src []byte
-	if l.r.br == nil {
-		if rest := l.r.rest(); len(rest) >= PageSize {
-			src = rest[:PageSize:PageSize]
-			l.r.off += PageSize
+	if l.r.br == nil { // in memory: the data stays where it is
+		if p := l.r.peek(PageSize); len(p) == PageSize {
+			src = p[:PageSize:PageSize]
+			l.r.discard(PageSize)
 		}
 	}
 	if src == nil {
-		src = batch.slot()
+		src = l.copier.batch(addr).slot()
 		if err := l.r.full(src); err != nil {
 			return w.wrap(l.r.off, fmt.Errorf("page data of RAM block %q at %#x: %w", b.Name, addr, err))
 		}
