@@ -279,7 +279,8 @@ func (p *precopy) run(ch Channel) (stopped bool, prev machine.RunState, gaveUp [
 passes:
 	for {
 		passStart, bytes0, slept0 := time.Now(), p.sentBytes(), p.slept()
-		if _, err := p.sendDirty(p.syncDeadline(passStart, burst)); err != nil {
+		// prevRemaining is the rest now: nothing was sent since it was counted.
+		if _, err := p.sendDirty(p.syncDeadline(passStart, burst, prevRemaining)); err != nil {
 			return false, "", nil, err
 		}
 		if err := p.multifdSync(false); err != nil {
@@ -356,14 +357,14 @@ passes:
 	return p.switchover()
 }
 
-// syncDeadline is when the pass starting at start syncs the dirty log at
-// the latest: after syncPeriod, or sooner when max-bandwidth paces the
-// pages and the rest is expected to fall to what the switchover may send
+// syncDeadline is when the pass starting at start, with remaining bytes
+// to send, syncs the dirty log at the latest: after syncPeriod, or sooner
+// when max-bandwidth paces the pages and the rest is expected to fall to what the switchover may send
 // unpaced (max-bandwidth × downtime-limit) before then, counting what the
 // guest dirties meanwhile at its last measured rate. QEMU looks at the
 // rest after every 100 ms window of its rate limit; deciding only at a
 // sync every second made the switchover here up to a second late.
-func (p *precopy) syncDeadline(start time.Time, burst bool) time.Time {
+func (p *precopy) syncDeadline(start time.Time, burst bool, remaining int64) time.Time {
 	deadline := start.Add(syncPeriod)
 	if !p.limited || burst {
 		return deadline
@@ -371,12 +372,11 @@ func (p *precopy) syncDeadline(start time.Time, burst bool) time.Time {
 	prm := p.g.Parameters()
 	maxBW := float64(prm.MaxBandwidth)
 	threshold := maxBW * (time.Duration(prm.DowntimeLimit) * time.Millisecond).Seconds()
-	remaining := float64(p.pendingBytes())
 	shrink := maxBW - p.dirtyRate // how fast the rest shrinks, bytes/s
-	if remaining <= threshold || shrink <= 0 {
+	if float64(remaining) <= threshold || shrink <= 0 {
 		return deadline
 	}
-	t := time.Duration((remaining - threshold) / shrink * float64(time.Second))
+	t := time.Duration((float64(remaining) - threshold) / shrink * float64(time.Second))
 	return start.Add(min(max(t, minSyncPeriod), syncPeriod))
 }
 

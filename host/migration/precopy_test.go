@@ -3,8 +3,6 @@ package migration
 import (
 	"testing"
 	"time"
-
-	"wasmvmm/host/vmstate"
 )
 
 // TestSyncDeadline checks when a pass syncs the dirty log: after
@@ -16,14 +14,6 @@ func TestSyncDeadline(t *testing.T) {
 	bw, limit := int64(100<<20), int64(300) // threshold: 30 MiB
 	if err := g.SetParameters(ParameterUpdate{MaxBandwidth: &bw, DowntimeLimit: &limit}); err != nil {
 		t.Fatal(err)
-	}
-	pagesFor := func(bytes int64) [][]uint64 {
-		n := bytes / vmstate.PageSize
-		bm := make([]uint64, (n+63)/64)
-		for p := int64(0); p < n; p++ {
-			bm[p/64] |= 1 << (p % 64)
-		}
-		return [][]uint64{bm}
 	}
 	start := time.Now()
 	for _, c := range []struct {
@@ -45,8 +35,8 @@ func TestSyncDeadline(t *testing.T) {
 		{"already fits", true, false, 20 << 20, 0, syncPeriod},
 		{"dirtying faster than the cap", true, false, 80 << 20, 200 << 20, syncPeriod},
 	} {
-		p := &precopy{g: g, limited: c.limited, dirtyRate: c.dirtyRate, dirty: pagesFor(c.remaining)}
-		if got := p.syncDeadline(start, c.burst).Sub(start); got != c.want {
+		p := &precopy{g: g, limited: c.limited, dirtyRate: c.dirtyRate}
+		if got := p.syncDeadline(start, c.burst, c.remaining).Sub(start); got != c.want {
 			t.Errorf("%s: sync after %v, want %v", c.name, got, c.want)
 		}
 	}
