@@ -457,12 +457,18 @@ func (m *Machine) Resume() error {
 	if err := m.state.set(StateRunning, ""); err != nil {
 		return err
 	}
+	m.letGo()
+	return nil
+}
+
+// letGo runs a machine just moved to running: the clock, the devices, then
+// the vCPUs, and sends RESUME with the moment the vCPUs went.
+func (m *Machine) letGo() {
 	m.Clock.Resume()
 	m.holdDevices(false)
-	at := time.Now() // the RESUME event's time: the vCPUs go now
+	at := time.Now()
 	m.pause.set(false)
 	m.state.emit(Event{Name: "RESUME", At: at})
-	return nil
 }
 
 // Suspend is the guest's own S3 request: the vCPUs park in the suspended

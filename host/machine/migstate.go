@@ -2,7 +2,6 @@ package machine
 
 import (
 	"fmt"
-	"time"
 )
 
 // StopFor parks the vCPUs for a migration or snapshot and moves to state
@@ -37,11 +36,7 @@ func (m *Machine) EnterRunState(to RunState) error {
 		if err := m.state.set(StateRunning, ""); err != nil {
 			return err
 		}
-		m.Clock.Resume()
-		m.holdDevices(false)
-		at := time.Now() // the RESUME event's time: the vCPUs go now
-		m.pause.set(false)
-		m.state.emit(Event{Name: "RESUME", At: at})
+		m.letGo()
 		return nil
 	case StatePaused, StatePostMigrate, StateInMigrate:
 		m.holdDevices(true)
