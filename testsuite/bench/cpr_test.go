@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -192,8 +191,7 @@ func medianOf(rs []cprRun, f func(cprRun) time.Duration) time.Duration {
 	for i, r := range rs {
 		ds[i] = f(r)
 	}
-	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	return ds[len(ds)/2]
+	return median(ds)
 }
 
 // BenchmarkCPRTransferPause prints, per guest size, the median pause of

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 )
 
 // migKey names one cell of the live migration table: a guest size, a case
@@ -38,22 +37,9 @@ func (s *migSummary) addRAMRatio(size int, ratio float64) {
 	s.ram[size] = append(s.ram[size], ratio)
 }
 
-// medianFloat of the values; a run that did not complete counts as +Inf, so a
-// cell whose runs mostly failed has no finite median.
-func medianFloat(v []float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
 // cellFigures returns the median total time and pause in ms, and how many
-// runs completed.
+// runs completed. A run that did not complete counts as +Inf, so a cell
+// whose runs mostly failed has no finite median.
 func cellFigures(rs []migResult) (total, pause float64, done int) {
 	var ts, ps []float64
 	for _, r := range rs {
@@ -65,7 +51,7 @@ func cellFigures(rs []migResult) (total, pause float64, done int) {
 		ts = append(ts, ms(r.total))
 		ps = append(ps, ms(r.pause))
 	}
-	return medianFloat(ts), medianFloat(ps), done
+	return median(ts), median(ps), done
 }
 
 // spread is the smallest and largest completed total time, in ms.
@@ -98,7 +84,7 @@ func (s *migSummary) print(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	for size, v := range s.ram {
-		fmt.Fprintf(w, "%4d MiB RAM throughput vs plain socket copy: median %.2f over %d runs\n", size, medianFloat(v), len(v))
+		fmt.Fprintf(w, "%4d MiB RAM throughput vs plain socket copy: median %.2f over %d runs\n", size, median(v), len(v))
 	}
 }
 
