@@ -176,18 +176,25 @@ func (g *Migrator) writeFile(ctx context.Context, ch Channel, prev machine.RunSt
 	if err != nil {
 		return err
 	}
+	return g.endSnapshot(f, w, reg, stats, bw.Flush, func() int64 { return counter.n })
+}
+
+// endSnapshot finishes a snapshot file once its RAM is written: the
+// figures for query-migrate, the device state, flush (what the writer
+// buffers), fsync, and the bytes written (written, read after the flush).
+func (g *Migrator) endSnapshot(f *os.File, w *vmstate.Writer, reg *vmstate.Registry, stats vmstate.RAMStats, flush func() error, written func() int64) error {
 	g.snapshotRAMWritten(stats)
 	g.setStatus(StatusDevice)
 	if err := w.Complete(reg); err != nil {
 		return err
 	}
-	if err := bw.Flush(); err != nil {
+	if err := flush(); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", ch.Path, err)
+		return fmt.Errorf("fsync %s: %w", f.Name(), err)
 	}
-	g.snapshotWritten(counter.n)
+	g.snapshotWritten(written())
 	return nil
 }
 

@@ -58,17 +58,9 @@ func (g *Migrator) writeMappedFile(ctx context.Context, ch Channel, reg *vmstate
 	if err != nil {
 		return err
 	}
-	g.snapshotRAMWritten(stats)
-	g.setStatus(StatusDevice)
-	if err := w.Complete(reg); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", ch.Path, err)
-	}
-	// The pages went by pwrite, past the counter.
-	g.snapshotWritten(counter.n + int64(stats.Pages)*vmstate.PageSize)
-	return nil
+	// Nothing buffered; the pages went by pwrite, past the counter.
+	noFlush := func() error { return nil }
+	return g.endSnapshot(f, w, reg, stats, noFlush, func() int64 { return counter.n + int64(stats.Pages)*vmstate.PageSize })
 }
 
 // loadMappedRAM loads a mapped-ram snapshot: the stream is read and checked
