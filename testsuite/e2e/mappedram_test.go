@@ -38,11 +38,7 @@ func mappedSnapshot(t *testing.T, src *harness.InProcess) string {
 // RAM taken before the load, and the load's error.
 func mappedRestore(t *testing.T, path string, mapped bool) (*harness.InProcess, [][]byte, error) {
 	t.Helper()
-	dst := harness.NewMachine(t, harness.MachineOptions{NoBoot: true})
-	dst.M.SetAutostart(false)
-	if err := dst.M.StartIncoming(); err != nil {
-		t.Fatal(err)
-	}
+	dst := incomingMachine(t, false)
 	var before [][]byte
 	for _, b := range dst.M.Memory().Blocks() {
 		before = append(before, bytes.Clone(b.Mem))
@@ -51,34 +47,16 @@ func mappedRestore(t *testing.T, path string, mapped bool) (*harness.InProcess, 
 	if mapped {
 		g = mappedMigrator(t, dst)
 	}
-	err := g.Incoming(context.Background(), migration.Channel{Type: "main", Transport: "file", Path: path})
-	return dst, before, err
+	return dst, before, loadSnapshot(g, path)
 }
 
 func TestMappedRAMSnapshotRestoresEveryPage(t *testing.T) {
-	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
-	if err := src.M.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	waitPasses(t, src, 3)
-	path := mappedSnapshot(t, src)
-	saved, err := dirtycheck.Check(src.M.Memory(), dirtyStart, dirtyEnd)
-	if err != nil {
-		t.Fatalf("source pattern: %v", err)
-	}
-	last := passes(src.Console.String())
-
+	src, path, saved, last := savedDirtier(t, mappedSnapshot)
 	dst, _, err := mappedRestore(t, path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := dst.M.State(); st != machine.StatePaused {
-		t.Fatalf("restored with autostart off: %s, want paused", st)
-	}
-	got, err := dirtycheck.Check(dst.M.Memory(), dirtyStart, dirtyEnd)
-	if err != nil || got != saved {
-		t.Fatalf("restored pattern %+v, saved %+v (%v)", got, saved, err)
-	}
+	checkRestoredPaused(t, dst, saved)
 	// Every page, zero or not, is the source's.
 	for i, b := range src.M.Memory().Blocks() {
 		d := dst.M.Memory().Blocks()[i]
@@ -89,22 +67,7 @@ func TestMappedRAMSnapshotRestoresEveryPage(t *testing.T) {
 		}
 	}
 	// The devices work: the guest goes on counting on its serial port.
-	if err := dst.M.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for passes(dst.Console.String()) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("restored guest does not continue: %q", dst.Console.String())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if want := fmt.Sprintf("\nDIRTY pass=%d\n", last+1); !strings.Contains(src.Console.String()+dst.Console.String(), want) {
-		t.Fatalf("the pass numbering does not continue (%q missing)", want)
-	}
-	if strings.Contains(dst.Console.String(), "WASMVMM-GUEST BOOT") {
-		t.Fatal("restored guest rebooted")
-	}
+	checkRestoredContinues(t, src, dst, last)
 }
 
 // TestMappedRAMNeedsBothSidesAndAFile: as in QEMU, the capability must be

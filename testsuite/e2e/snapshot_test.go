@@ -81,33 +81,30 @@ func snapshotWith(t *testing.T, src *harness.InProcess, g *migration.Migrator) s
 // restore loads path into a fresh machine in this process.
 func restore(t *testing.T, path string, autostart bool) (*harness.InProcess, error) {
 	t.Helper()
+	dst := incomingMachine(t, autostart)
+	return dst, loadSnapshot(migrator(dst), path)
+}
+
+// incomingMachine is a fresh machine of this process waiting in inmigrate.
+func incomingMachine(t *testing.T, autostart bool) *harness.InProcess {
+	t.Helper()
 	dst := harness.NewMachine(t, harness.MachineOptions{NoBoot: true})
 	dst.M.SetAutostart(autostart)
 	if err := dst.M.StartIncoming(); err != nil {
 		t.Fatal(err)
 	}
-	g := migrator(dst)
-	err := g.Incoming(context.Background(), migration.Channel{Type: "main", Transport: "file", Path: path})
-	return dst, err
+	return dst
 }
 
-func TestSnapshotRunningDirtierRestoresExactly(t *testing.T) {
-	src := harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
-	if err := src.M.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	waitPasses(t, src, 3)
-	path := snapshot(t, src)
-	saved, err := dirtycheck.Check(src.M.Memory(), dirtyStart, dirtyEnd)
-	if err != nil {
-		t.Fatalf("source pattern: %v", err)
-	}
-	last := passes(src.Console.String())
+// loadSnapshot loads the snapshot file at path through g.
+func loadSnapshot(g *migration.Migrator, path string) error {
+	return g.Incoming(context.Background(), migration.Channel{Type: "main", Transport: "file", Path: path})
+}
 
-	dst, err := restore(t, path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+// checkRestoredPaused checks a dirtier restored with autostart off: it is
+// paused and its pages hold the saved pattern.
+func checkRestoredPaused(t *testing.T, dst *harness.InProcess, saved dirtycheck.Pattern) {
+	t.Helper()
 	if st, _ := dst.M.State(); st != machine.StatePaused {
 		t.Fatalf("restored with autostart off: %s, want paused", st)
 	}
@@ -115,6 +112,12 @@ func TestSnapshotRunningDirtierRestoresExactly(t *testing.T) {
 	if err != nil || got != saved {
 		t.Fatalf("restored pattern %+v, saved %+v (%v)", got, saved, err)
 	}
+}
+
+// checkRestoredContinues resumes a restored dirtier and checks that it goes
+// on from the source's pass last, without rebooting.
+func checkRestoredContinues(t *testing.T, src, dst *harness.InProcess, last int) {
+	t.Helper()
 	if err := dst.M.Resume(); err != nil {
 		t.Fatal(err)
 	}
@@ -125,13 +128,40 @@ func TestSnapshotRunningDirtierRestoresExactly(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	stream := src.Console.String() + dst.Console.String()
-	if want := fmt.Sprintf("\nDIRTY pass=%d\n", last+1); !strings.Contains(stream, want) {
+	if want := fmt.Sprintf("\nDIRTY pass=%d\n", last+1); !strings.Contains(src.Console.String()+dst.Console.String(), want) {
 		t.Fatalf("the pass numbering does not continue (%q missing)", want)
 	}
 	if strings.Contains(dst.Console.String(), "WASMVMM-GUEST BOOT") {
 		t.Fatal("restored guest rebooted")
 	}
+}
+
+// savedDirtier runs the dirtier for three passes and saves it with save
+// (snapshot, mappedSnapshot); it returns the source, the file, the pattern
+// the source's pages hold and the source's last pass.
+func savedDirtier(t *testing.T, save func(*testing.T, *harness.InProcess) string) (src *harness.InProcess, path string, saved dirtycheck.Pattern, last int) {
+	t.Helper()
+	src = harness.NewMachine(t, harness.MachineOptions{Cmdline: dirtier})
+	if err := src.M.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	waitPasses(t, src, 3)
+	path = save(t, src)
+	saved, err := dirtycheck.Check(src.M.Memory(), dirtyStart, dirtyEnd)
+	if err != nil {
+		t.Fatalf("source pattern: %v", err)
+	}
+	return src, path, saved, passes(src.Console.String())
+}
+
+func TestSnapshotRunningDirtierRestoresExactly(t *testing.T) {
+	src, path, saved, last := savedDirtier(t, snapshot)
+	dst, err := restore(t, path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRestoredPaused(t, dst, saved)
+	checkRestoredContinues(t, src, dst, last)
 	// cont on the source after a snapshot resumes it (QEMU's postmigrate).
 	if err := src.M.EnterRunState(machine.StateRunning); err != nil {
 		t.Fatal(err)
