@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"wasmvmm/host/machine"
 	"wasmvmm/host/migration"
@@ -183,14 +182,7 @@ func TestBadMappedRAMSnapshotsAreRefused(t *testing.T) {
 // QMP, analyzes the file, and restores it in a new process that sets the
 // capability before migrate-incoming (as QEMU requires).
 func TestMappedRAMThroughQMPAndIncomingProcess(t *testing.T) {
-	harness.RequireKVM(t)
-	b := harness.Artifacts(t)
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "src.sock")
-	cfg := writeConfig(t, dir, b.Guest, "workload=dirtier dirty_end=24M", "")
-	src := harness.Start(t, b, dir, "run", cfg, "--qmp", sock)
-	src.WaitSerial(t, "DIRTY pass=2\n", 20*time.Second)
-	mon := qmpClient(t, sock)
+	b, dir, cfg, src, mon := qmpDirtierSource(t)
 	setCap := `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"mapped-ram","state":true}]}}`
 	if _, err := mon.Run([]byte(setCap)); err != nil {
 		t.Fatal(err)
@@ -231,19 +223,7 @@ func TestMappedRAMThroughQMPAndIncomingProcess(t *testing.T) {
 	if _, err := dmon.Run([]byte(`{"execute":"migrate-incoming","arguments":{"uri":"file:` + snap + `"}}`)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for passes(dst.SerialText()) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("restored guest prints nothing; serial %q", dst.SerialText())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if s := status(t, dmon); s != "running" {
-		t.Fatalf("restored status %s", s)
-	}
-	if want := fmt.Sprintf("\nDIRTY pass=%d\n", before+1); !strings.Contains(src.SerialText()+dst.SerialText(), want) {
-		t.Fatalf("numbering does not continue: %q missing", want)
-	}
+	checkRestoredProcess(t, src, dst, dmon, before)
 }
 
 // TestMappedRAMAtAFileOffset writes the snapshot after other data in the

@@ -210,7 +210,11 @@ func waitMigration(t *testing.T, mon *qmp.SocketMonitor) map[string]any {
 	}
 }
 
-func TestSnapshotThroughQMPAndIncomingProcess(t *testing.T) {
+// qmpDirtierSource starts a wasmvmm process running the dirtier with a QMP
+// socket, and returns the build, the test's directory, the VM's config,
+// the process (two passes done) and a QMP client of it.
+func qmpDirtierSource(t *testing.T) (harness.Build, string, string, *harness.VM, *qmp.SocketMonitor) {
+	t.Helper()
 	harness.RequireKVM(t)
 	b := harness.Artifacts(t)
 	dir := t.TempDir()
@@ -218,7 +222,31 @@ func TestSnapshotThroughQMPAndIncomingProcess(t *testing.T) {
 	cfg := writeConfig(t, dir, b.Guest, "workload=dirtier dirty_end=24M", "")
 	src := harness.Start(t, b, dir, "run", cfg, "--qmp", sock)
 	src.WaitSerial(t, "DIRTY pass=2\n", 20*time.Second)
-	mon := qmpClient(t, sock)
+	return b, dir, cfg, src, qmpClient(t, sock)
+}
+
+// checkRestoredProcess waits until the dirtier restored in process dst
+// (QMP client dmon) runs, and checks that it goes on from the source's
+// pass before.
+func checkRestoredProcess(t *testing.T, src, dst *harness.VM, dmon *qmp.SocketMonitor, before int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for passes(dst.SerialText()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("restored guest prints nothing; serial %q", dst.SerialText())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := status(t, dmon); s != "running" {
+		t.Fatalf("restored status %s", s)
+	}
+	if want := fmt.Sprintf("\nDIRTY pass=%d\n", before+1); !strings.Contains(src.SerialText()+dst.SerialText(), want) {
+		t.Fatalf("numbering does not continue: %q missing", want)
+	}
+}
+
+func TestSnapshotThroughQMPAndIncomingProcess(t *testing.T) {
+	b, dir, cfg, src, mon := qmpDirtierSource(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	events := drainEvents(t, ctx, mon)
@@ -251,20 +279,7 @@ func TestSnapshotThroughQMPAndIncomingProcess(t *testing.T) {
 	// A new process restores it and the guest continues.
 	dst := harness.Start(t, b, dir, "run", cfg, "--incoming", "file:"+snap, "--qmp", filepath.Join(dir, "dst.sock"))
 	dmon := qmpClient(t, filepath.Join(dir, "dst.sock"))
-	deadline := time.Now().Add(20 * time.Second)
-	for passes(dst.SerialText()) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("restored guest prints nothing; serial %q", dst.SerialText())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if s := status(t, dmon); s != "running" {
-		t.Fatalf("restored status %s", s)
-	}
-	stream := src.SerialText() + dst.SerialText()
-	if want := fmt.Sprintf("\nDIRTY pass=%d\n", before+1); !strings.Contains(stream, want) {
-		t.Fatalf("numbering does not continue: %q missing", want)
-	}
+	checkRestoredProcess(t, src, dst, dmon, before)
 	// cont resumes the source too (postmigrate -> running).
 	qmpRun(t, mon, "cont")
 	src.WaitSerial(t, fmt.Sprintf("DIRTY pass=%d\n", before+1), 20*time.Second)
